@@ -1,0 +1,341 @@
+//! The service.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body::Body;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use tower_service::Service;
+
+use super::context::{CompletedInTransaction, IdempotencyContext, IdempotencyScope, to_http};
+use super::future::ResponseFuture;
+use super::layer::Config;
+use super::problem::{problem, with_retry_after};
+use super::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED};
+use crate::begin::Begin;
+use crate::error::{BoxError, Error};
+use crate::key::{IdempotencyKey, Scope, parse_header_value};
+use crate::policy::{Disposition, InFlightPolicy};
+use crate::response::StoredResponse;
+
+/// Makes the inner service idempotent per `Idempotency-Key`; see the
+/// [module docs](super) for the answers it gives.
+#[derive(Debug, Clone)]
+pub struct IdempotencyService<S> {
+    inner: S,
+    config: Arc<Config>,
+}
+
+impl<S> IdempotencyService<S> {
+    pub(crate) fn from_parts(inner: S, config: Arc<Config>) -> Self {
+        Self { inner, config }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+fn is_json(req_headers: &http::HeaderMap) -> bool {
+    req_headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|m| {
+            let m = m.trim().to_ascii_lowercase();
+            m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
+        })
+        .unwrap_or(false)
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for IdempotencyService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Body + From<Bytes> + Send + 'static,
+    ReqBody::Data: Send,
+    ReqBody::Error: Into<BoxError>,
+    ResBody: Body + From<Bytes> + Send + 'static,
+    ResBody::Data: Send,
+    ResBody::Error: Into<BoxError>,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let config = self.config.clone();
+        ResponseFuture {
+            inner: Box::pin(handle(config, inner, req)),
+        }
+    }
+}
+
+async fn handle<S, ReqBody, ResBody>(
+    config: Arc<Config>,
+    mut inner: S,
+    req: Request<ReqBody>,
+) -> Result<Response<ResBody>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ReqBody: Body + From<Bytes>,
+    ReqBody::Error: Into<BoxError>,
+    ResBody: Body + From<Bytes>,
+    ResBody::Error: Into<BoxError>,
+{
+    if !config.methods.contains(req.method()) {
+        return inner.call(req).await;
+    }
+    let mut values = req.headers().get_all(IDEMPOTENCY_KEY).iter();
+    let raw = match (values.next(), values.next()) {
+        (None, _) if config.require_for.contains(req.method()) => {
+            return Ok(problem(
+                StatusCode::BAD_REQUEST,
+                "key-missing",
+                "Idempotency-Key is missing",
+                &format!(
+                    "{} requests to this resource need an Idempotency-Key header",
+                    req.method()
+                ),
+            ));
+        }
+        (None, _) => return inner.call(req).await,
+        (Some(_), Some(_)) => {
+            return Ok(problem(
+                StatusCode::BAD_REQUEST,
+                "key-malformed",
+                "Idempotency-Key is malformed",
+                "the Idempotency-Key header appears more than once",
+            ));
+        }
+        (Some(v), None) => v.as_bytes().to_vec(),
+    };
+    let client_key = match parse_header_value(&raw, config.min_key_len) {
+        Ok(k) => k,
+        Err(e) => {
+            return Ok(problem(
+                StatusCode::BAD_REQUEST,
+                "key-malformed",
+                "Idempotency-Key is malformed",
+                &e.to_string(),
+            ));
+        }
+    };
+
+    let (mut parts, body) = req.into_parts();
+    let route = config
+        .route
+        .clone()
+        .unwrap_or_else(|| parts.uri.path().to_owned());
+    let operation = config
+        .operation
+        .clone()
+        .unwrap_or_else(|| format!("{} {}", parts.method, route));
+    let who = parts
+        .extensions
+        .get::<IdempotencyScope>()
+        .cloned()
+        .unwrap_or_default();
+    let key = match Scope::new(who.tenant, who.principal, operation)
+        .and_then(|s| IdempotencyKey::new(s, client_key))
+    {
+        Ok(k) => k,
+        Err(e) => {
+            return Ok(problem(
+                StatusCode::BAD_REQUEST,
+                "key-malformed",
+                "Idempotency-Key is malformed",
+                &e.to_string(),
+            ));
+        }
+    };
+
+    let bytes = match Limited::new(body, config.max_request_body).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) if e.is::<LengthLimitError>() => {
+            return Ok(problem(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body-too-large",
+                "Request body is too large",
+                &format!("at most {} bytes are accepted", config.max_request_body),
+            ));
+        }
+        Err(e) => {
+            return Ok(problem(
+                StatusCode::BAD_REQUEST,
+                "body-unreadable",
+                "Request body could not be read",
+                &e.to_string(),
+            ));
+        }
+    };
+    let target = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| parts.uri.path().to_owned(), |pq| pq.as_str().to_owned());
+    let method = parts.method.as_str();
+    let fp = if is_json(&parts.headers) || bytes.is_empty() {
+        match config
+            .fingerprinter
+            .request(method, &route, &target, &bytes)
+        {
+            Ok(fp) => fp,
+            Err(e) => {
+                return Ok(problem(
+                    StatusCode::BAD_REQUEST,
+                    "body-malformed",
+                    "Request body is not valid JSON",
+                    &e.to_string(),
+                ));
+            }
+        }
+    } else {
+        config
+            .fingerprinter
+            .request_raw(method, &route, &target, &bytes)
+    };
+
+    let store = &*config.store;
+    let mut answer = store.begin(&key, &fp, &config.opts).await;
+    if let (Ok(Begin::InFlight { retry_after }), InFlightPolicy::Wait(bound)) =
+        (&answer, config.in_flight)
+    {
+        answer = crate::run::wait_for(store, &key, &fp, &config.opts, bound, *retry_after).await;
+    }
+    let lease = match answer {
+        Ok(Begin::Execute(lease)) => lease,
+        Ok(Begin::Replay(stored)) => {
+            let mut resp = to_http::<ResBody>(&stored);
+            resp.headers_mut()
+                .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+            return Ok(resp);
+        }
+        Ok(Begin::InFlight { retry_after }) => {
+            return Ok(with_retry_after(
+                problem(
+                    StatusCode::CONFLICT,
+                    "in-flight",
+                    "A request with this Idempotency-Key is being processed",
+                    "retry after the original request has finished",
+                ),
+                retry_after,
+            ));
+        }
+        Ok(Begin::Mismatch) => {
+            return Ok(problem(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "key-reused",
+                "Idempotency-Key was used for a different request",
+                "this key was first used with a different method, path or body",
+            ));
+        }
+        Err(e) => return Ok(unavailable(&e)),
+    };
+
+    parts.extensions.insert(IdempotencyContext {
+        lease: lease.clone(),
+        ttl: config.opts.ttl,
+    });
+    let req = Request::from_parts(parts, ReqBody::from(bytes));
+    let resp = match inner.call(req).await {
+        Ok(r) => r,
+        Err(e) => {
+            release(&config, &lease).await;
+            return Err(e);
+        }
+    };
+    if resp.extensions().get::<CompletedInTransaction>().is_some() {
+        return Ok(resp);
+    }
+    let status = resp.status().as_u16();
+    if config.responses.disposition(status) == Disposition::Release {
+        release(&config, &lease).await;
+        return Ok(resp);
+    }
+    let (parts, body) = resp.into_parts();
+    let collected = body
+        .collect()
+        .await
+        .map_err(|e| Into::<BoxError>::into(e).to_string());
+    let bytes = match collected {
+        Ok(c) => c.to_bytes(),
+        Err(e) => {
+            tracing::warn!(key = %lease.key(), error = %e, "response body failed; releasing idempotency key");
+            release(&config, &lease).await;
+            return Ok(problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "response-failed",
+                "The response could not be produced",
+                "retry with the same Idempotency-Key",
+            ));
+        }
+    };
+    let mut stored = StoredResponse {
+        status,
+        headers: Vec::new(),
+        body: bytes.clone(),
+    };
+    for name in &config.replay_headers {
+        for v in parts.headers.get_all(name) {
+            stored
+                .headers
+                .push((name.as_str().to_owned(), v.as_bytes().to_vec()));
+        }
+    }
+    if bytes.len() > config.max_response_body {
+        stored.body = Bytes::new();
+        stored
+            .headers
+            .push(("idempotent-body-omitted".to_owned(), b"true".to_vec()));
+    }
+    match store.complete(&lease, &stored, config.opts.ttl).await {
+        Ok(()) => {}
+        Err(Error::LeaseLost) => {
+            tracing::warn!(key = %lease.key(), "idempotency lease lost before completion; response not stored");
+        }
+        Err(e) => {
+            tracing::error!(key = %lease.key(), error = %e, "could not store idempotent response");
+        }
+    }
+    Ok(Response::from_parts(parts, ResBody::from(bytes)))
+}
+
+async fn release(config: &Config, lease: &crate::lease::Lease) {
+    if let Err(e) = config.store.release(lease).await {
+        tracing::warn!(key = %lease.key(), error = %e, "could not release idempotency key");
+    }
+}
+
+fn unavailable<B: From<Bytes>>(e: &Error) -> Response<B> {
+    tracing::error!(error = %e, "idempotency store failed");
+    with_retry_after(
+        problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store-unavailable",
+            "Idempotency store unavailable",
+            "the request was not processed; retry with the same Idempotency-Key",
+        ),
+        Duration::from_secs(1),
+    )
+}

@@ -1,0 +1,123 @@
+//! The HTTP API: `/v1` (JSON, problem+json errors, API keys, per-key rate
+//! limits, request size limits), the WebSocket, health, metrics, the OpenAPI
+//! document, the API page and the console.
+
+mod auth;
+mod console;
+pub(crate) mod docs;
+mod events;
+mod health;
+pub(crate) mod idempotency;
+mod operator;
+mod payments;
+mod printers;
+mod problem;
+mod rate_limit;
+pub(crate) mod tail;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::routing::{get, post, put};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::broadcast;
+use tower_http::timeout::TimeoutLayer;
+
+use crate::db::Db;
+use crate::printing::Simulators;
+use crate::store::events::Event;
+pub(crate) use auth::KeyCache;
+use problem::Problem;
+pub(crate) use rate_limit::RateLimiter;
+
+/// What every handler can reach.
+#[derive(Debug, Clone)]
+pub(crate) struct AppState {
+    pub(crate) db: Db,
+    pub(crate) keys: Arc<KeyCache>,
+    pub(crate) limiter: Arc<RateLimiter>,
+    pub(crate) tail: broadcast::Sender<Arc<Event>>,
+    pub(crate) metrics: PrometheusHandle,
+    pub(crate) sims: Simulators,
+    pub(crate) sagas: crate::flow::Sagas,
+    /// Printer commands leave through the outbox, like receipts.
+    pub(crate) outbox: crate::messaging::Outbox,
+    pub(crate) names: crate::messaging::Names,
+    /// For the readiness probe.
+    pub(crate) bus: crate::messaging::Bus,
+}
+
+async fn not_found() -> Problem {
+    Problem::not_found("route")
+}
+
+/// The idempotency layers of the creating endpoints.
+#[derive(Debug, Clone)]
+pub(crate) struct Idempotent {
+    pub(crate) payments: counterfoil_idempotency::IdempotencyLayer,
+    pub(crate) refunds: counterfoil_idempotency::IdempotencyLayer,
+}
+
+/// The whole router.
+pub(crate) fn router(state: AppState, max_body: usize, idem: Idempotent) -> Router {
+    let v1 = Router::new()
+        .route(
+            "/payments",
+            post(payments::create)
+                .layer(idem.payments)
+                .get(payments::list),
+        )
+        .route("/payments/{id}", get(payments::get_one))
+        .route(
+            "/payments/{id}/refunds",
+            post(payments::refund).layer(idem.refunds),
+        )
+        .route("/printers", get(printers::list))
+        .route("/printers/{id}", get(printers::get_one))
+        .route("/printers/{id}/reports/{kind}", post(printers::report))
+        .route("/printers/{id}/cash", post(printers::cash))
+        .route("/printers/{id}/simulator", put(printers::set_faults))
+        .route("/printers/{id}/simulator/journal", get(printers::journal))
+        .route("/operator/sagas", get(operator::list_parked))
+        .route("/operator/sagas/{id}", get(operator::inspect))
+        .route("/operator/sagas/{id}/retry", post(operator::retry))
+        .route("/operator/sagas/{id}/resolve", post(operator::resolve))
+        .route("/operator/dead-letters", get(operator::dead_letters))
+        .route("/operator/dead-letters/{id}/replay", post(operator::replay))
+        .route(
+            "/operator/restaurants/{id}/keys",
+            post(operator::create_key),
+        )
+        .route("/events", get(events::events))
+        // Every /v1 route needs a key; authenticating before the routes'
+        // own layers lets idempotency keys be scoped to the restaurant.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            idempotency::authenticate,
+        ));
+    Router::new()
+        .nest("/v1", v1)
+        .route("/health/live", get(health::live))
+        .route("/health/ready", get(health::ready))
+        .route("/metrics", get(health::metrics))
+        .route("/openapi.json", get(docs::openapi))
+        .route("/api", get(docs::page))
+        .route("/console", get(console::index))
+        .route("/console/console.js", get(console::script))
+        .route("/console/console.css", get(console::style))
+        .route("/", get(console::root))
+        .fallback(not_found)
+        .route_layer(axum::middleware::from_fn(crate::telemetry::trace_layer))
+        // Bodies are read only by the JSON extractor, which answers 413
+        // problem+json past this size.
+        .layer(DefaultBodyLimit::max(max_body))
+        // `Prefer: wait` may hold a request up to 60 s.
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            Duration::from_secs(75),
+        ))
+        .with_state(state)
+}

@@ -1,0 +1,145 @@
+//! The consumer of the agents' reports (cloud side): records a print
+//! outcome or a printer's state, deduplicated by the inbox in the same
+//! transaction, then delivers the outcome to the waiting saga.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use counterfoil_outbox::{
+    Handler, HandlerError, InboxOutcome, IncomingMessage, PgInbox, SqliteInbox,
+};
+use serde_json::json;
+
+use super::Sagas;
+use crate::db::{Db, Tx};
+use crate::messaging::ResultMessage;
+use crate::store::print_jobs::{self, PrintOutcome};
+use crate::store::{events, printers};
+
+const CONSUMER: &str = "restaurant-results";
+
+/// The inbox of the server database.
+#[derive(Debug, Clone)]
+enum Inbox {
+    Postgres(Arc<PgInbox>),
+    Sqlite(Arc<SqliteInbox>),
+}
+
+/// Handles agents' reports.
+#[derive(Debug, Clone)]
+pub(crate) struct Results {
+    db: Db,
+    sagas: Sagas,
+    inbox: Inbox,
+}
+
+impl Results {
+    pub(crate) fn new(db: Db, sagas: Sagas) -> Self {
+        let inbox = match &db {
+            Db::Postgres(p) => Inbox::Postgres(Arc::new(PgInbox::new(p.clone()))),
+            Db::Sqlite(p) => Inbox::Sqlite(Arc::new(SqliteInbox::new(p.clone()))),
+        };
+        Self { db, sagas, inbox }
+    }
+
+    async fn first_time(
+        &self,
+        tx: &mut Tx,
+        msg: &IncomingMessage,
+    ) -> Result<bool, counterfoil_outbox::Error> {
+        let outcome = match (&self.inbox, tx) {
+            (Inbox::Postgres(i), Tx::Postgres(t)) => i.try_begin(t, CONSUMER, msg.id).await?,
+            (Inbox::Sqlite(i), Tx::Sqlite(t)) => i.try_begin(t, CONSUMER, msg.id).await?,
+            _ => {
+                return Err(counterfoil_outbox::Error::InvalidMessage(
+                    "inbox and transaction differ".into(),
+                ));
+            }
+        };
+        Ok(outcome == InboxOutcome::New)
+    }
+
+    async fn outcome(
+        &self,
+        msg: &IncomingMessage,
+        key: &str,
+        outcome: &PrintOutcome,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let mut tx = self.db.begin().await?;
+        if self.first_time(&mut tx, msg).await?
+            && let Some(row) = print_jobs::complete(&mut tx, key, outcome).await?
+            && row.job.kind != "simulator"
+        {
+            let job = &row.job;
+            let (result, document) = match outcome {
+                PrintOutcome::Printed { document } => ("printed", Some(document)),
+                PrintOutcome::NotPrinted { .. } => ("not_printed", None),
+                PrintOutcome::Unknown { .. } => ("unknown", None),
+            };
+            let kind = if job.kind == "receipt" || job.kind == "reversal" {
+                format!("receipt.{result}")
+            } else {
+                format!("{}.{result}", job.kind)
+            };
+            let data = json!({ "job": job.key, "kind": job.kind, "printer": job.printer, "document": document, "outcome": outcome });
+            events::append(&mut tx, &job.restaurant, &kind, &job.subject, &data).await?;
+        }
+        tx.commit().await?;
+        // Deliver even for a duplicate: delivery is idempotent, and the
+        // first attempt may have committed and then died before delivering.
+        let Some(row) = print_jobs::get(&self.db, key).await? else {
+            return Ok(());
+        };
+        // Reports and cash moves have no saga.
+        if let Ok(saga) = uuid::Uuid::parse_str(&row.saga_id) {
+            let event = match outcome {
+                PrintOutcome::Printed { .. } => "receipt.printed",
+                PrintOutcome::NotPrinted { .. } => "receipt.not_printed",
+                PrintOutcome::Unknown { .. } => "receipt.unknown",
+            };
+            self.sagas.engine().deliver(saga, event, outcome).await?;
+        }
+        Ok(())
+    }
+
+    async fn status(
+        &self,
+        msg: &IncomingMessage,
+        printer: &str,
+        state: &printers::PrinterState,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let Some(p) = printers::get(&self.db, None, printer).await? else {
+            return Ok(());
+        };
+        let mut tx = self.db.begin().await?;
+        if self.first_time(&mut tx, msg).await?
+            && printers::set_state(&mut tx, printer, state).await?
+        {
+            let data = serde_json::to_value(state)?;
+            events::append(&mut tx, &p.restaurant, "printer.status", printer, &data).await?;
+        }
+        tx.commit().await?;
+        metrics::gauge!("printer_online", "printer" => printer.to_owned()).set(if state.online {
+            1.0
+        } else {
+            0.0
+        });
+        metrics::gauge!("printer_queue_depth", "printer" => printer.to_owned())
+            .set(state.queued as f64);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Handler for Results {
+    async fn handle(&self, msg: &IncomingMessage) -> Result<(), HandlerError> {
+        let body: ResultMessage = msg.json().map_err(HandlerError::reject)?;
+        let done = match &body {
+            ResultMessage::Outcome { key, outcome } => self.outcome(msg, key, outcome).await,
+            ResultMessage::PrinterStatus { printer, state } => {
+                self.status(msg, printer, state).await
+            }
+        };
+        done.map_err(HandlerError::Retry)
+    }
+}

@@ -1,0 +1,65 @@
+//! Run with
+//!
+//! ```text
+//! cargo run --release -p restaurant
+//! ```
+//!
+//! The Counterfoil reference server: card payments that end as exactly one
+//! fiscal receipt, for many restaurants, with live status for the till.
+//!
+//! With no flags it runs the embedded default: an SQLite file under `./data`,
+//! an in-process message bus, a simulated payment provider on loopback and
+//! simulated fiscal printers, all in this one process. It prints where the
+//! web console is and the demo API keys. In production the same binary runs
+//! as separate roles (`--role serve|saga|relay|agent`) on PostgreSQL and
+//! RabbitMQ; see `docs/operations.md`.
+//!
+//! One concept per module:
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | [`config`] | flags and environment variables |
+//! | [`roles`] | which parts a process runs, and graceful shutdown |
+//! | [`telemetry`] | JSON logs, correlation id, W3C trace context, Prometheus |
+//! | [`db`] | the connection pool and the server's own migrations |
+//! | [`domain`] | payments, refunds, receipt lines, statuses |
+//! | [`store`] | the server's SQL: payments, refunds, events, keys, printers |
+//! | [`api`] | the HTTP API under `/v1`, problem+json, auth, rate limits |
+//! | [`provider`] | the payment provider trait, its HTTP client and simulator |
+//! | [`flow`] | the payment and refund sagas |
+//! | [`messaging`] | print jobs and results between cloud and restaurants |
+//! | [`printing`] | the on-site print agent and its printers |
+
+mod api;
+mod config;
+mod db;
+mod domain;
+mod flow;
+mod messaging;
+mod printing;
+mod provider;
+mod roles;
+mod store;
+mod telemetry;
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let config = config::Config::parse();
+    telemetry::init_logging(&config);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("restaurant: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(roles::run(config)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "restaurant stopped with an error");
+            eprintln!("restaurant: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,319 @@
+//! Which parts a process runs, wiring, and graceful shutdown.
+//!
+//! `all` (the embedded default) runs everything in one process. In
+//! production each role runs as its own processes, as many as needed:
+//! `serve` (HTTP, WebSocket, console), `saga` (saga workers), `relay`
+//! (outbox relay) and `agent` (on site, one per restaurant).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api::{self, AppState, KeyCache, RateLimiter};
+use crate::config::{Config, Role};
+use crate::db::{self, Db};
+use crate::flow::results::Results;
+use crate::flow::{Deps, Sagas};
+use crate::messaging::{Bus, Names, Outbox};
+use crate::printing::{self, Agent};
+use crate::provider::{self, GuardedProvider, HttpProvider, PaymentProvider};
+use crate::store::{keys, printers};
+use crate::telemetry;
+use counterfoil_outbox::InProcessBus;
+
+/// Demo keys for local use only (created with `--demo`, the default).
+pub(crate) const DEMO_KEYS: [(&str, &str); 2] = [("demo-1", "rk_demo_1"), ("demo-2", "rk_demo_2")];
+/// The demo operator key (when `--operator-key` is not given).
+pub(crate) const DEMO_OPERATOR_KEY: &str = "ok_demo_operator";
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Runs the configured role until SIGTERM or Ctrl-C.
+pub(crate) async fn run(config: Config) -> Result<(), BoxError> {
+    let metrics = telemetry::init_metrics()?;
+    let stop = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let role = config.role;
+
+    if role == Role::Simulator {
+        let sim =
+            provider::simulator::start(config.provider_sim_listen, stop.child_token()).await?;
+        println!("provider simulator: {}", sim.url);
+        shutdown_signal().await;
+        stop.cancel();
+        return Ok(());
+    }
+
+    // Parts of one process can share the in-process bus; separate
+    // processes need RabbitMQ.
+    let bus = match &config.amqp_url {
+        Some(url) => Bus::Amqp(url.clone()),
+        None if role == Role::All => Bus::InProcess(InProcessBus::new()),
+        None => return Err("roles other than `all` need --amqp-url (RabbitMQ)".into()),
+    };
+    let names = Names {
+        prefix: config.amqp_prefix.clone(),
+    };
+    let specs = config.printer_specs();
+    // Simulated printers run where the agent runs.
+    let mut sims = printing::Simulators::default();
+
+    // The agent needs only its own database and the bus.
+    if role.runs(Role::Agent) {
+        let restaurant = config.agent_restaurant.clone();
+        if role == Role::Agent && restaurant.is_none() {
+            return Err("--role agent needs --agent-restaurant".into());
+        }
+        let journal_url = config.agent_database_url();
+        let journal = Db::connect(&journal_url, 4).await.map_err(|e| {
+            format!(
+                "cannot open the agent database {}: {e}",
+                db::redact(&journal_url)
+            )
+        })?;
+        db::migrate::run(&journal, "agent_migrations", db::migrate::AGENT).await?;
+        let fiscal = printing::fiscal_journal(&journal).await?;
+        let mine: Vec<_> = specs
+            .iter()
+            .filter(|s| restaurant.as_ref().is_none_or(|r| *r == s.restaurant))
+            .cloned()
+            .collect();
+        let dialect = config.printer_dialect.fiscal();
+        std::fs::create_dir_all(&config.data_dir)?;
+        sims = printing::simulators(&mine, dialect, &config.data_dir, &fiscal).await?;
+        let agent = Agent {
+            outbox: Outbox::open(&journal).await?,
+            journal,
+            fiscal,
+            dialect,
+            bus: bus.clone(),
+            names: names.clone(),
+            specs: specs.clone(),
+            sims: sims.clone(),
+        };
+        let agent_stop = stop.child_token();
+        tasks.spawn(async move {
+            if let Err(e) = printing::run(agent, restaurant, agent_stop).await {
+                tracing::error!(error = %e, "print agent stopped");
+            }
+        });
+        tracing::info!("print agent started");
+    }
+    if role == Role::Agent {
+        tasks.close();
+        shutdown_signal().await;
+        stop.cancel();
+        let _ = tokio::time::timeout(config.shutdown_grace, tasks.wait()).await;
+        return Ok(());
+    }
+
+    let url = config.database_url();
+    let db = Db::connect(&url, 16)
+        .await
+        .map_err(|e| format!("cannot open the database {}: {e}", db::redact(&url)))?;
+    db.migrate().await?;
+    seed(&config, &db).await?;
+    let outbox = Outbox::open(&db).await?;
+
+    // The provider, for the roles that run saga steps: over HTTP, behind a
+    // circuit breaker and retries.
+    let provider: Option<Arc<dyn PaymentProvider>> = if role.runs(Role::Saga) {
+        let http: Arc<dyn PaymentProvider> = match &config.provider_url {
+            Some(url) => Arc::new(HttpProvider::new(url, config.provider_timeout)?),
+            None => {
+                let sim =
+                    provider::simulator::start(config.provider_sim_listen, stop.child_token())
+                        .await?;
+                println!("provider simulator: {}", sim.url);
+                Arc::new(HttpProvider::new(&sim.url, config.provider_timeout)?)
+            }
+        };
+        Some(Arc::new(GuardedProvider::new(http)?))
+    } else {
+        None
+    };
+    // `serve` starts sagas in the request's transaction, `saga` runs them
+    // and resumes them with the agents' reports.
+    let sagas = Sagas::new(Deps {
+        db: db.clone(),
+        provider,
+        fiscal_deadline: config.fiscal_deadline,
+        outbox: outbox.clone(),
+        names: names.clone(),
+    })
+    .await?;
+
+    let mut consumers = Vec::new();
+    if role.runs(Role::Saga) {
+        tasks.spawn(
+            sagas
+                .clone()
+                .run_workers(config.saga_concurrency, stop.child_token()),
+        );
+        let results = Arc::new(Results::new(db.clone(), sagas.clone()));
+        consumers.extend(
+            bus.subscribe(
+                &names.results_queue(),
+                &names.results_exchange(),
+                "#",
+                results,
+            )
+            .await?,
+        );
+        tracing::info!("saga workers started");
+    }
+
+    let mut relays = Vec::new();
+    if role.runs(Role::Relay) {
+        relays.push(outbox.relay(&bus)?);
+        tracing::info!("outbox relay started");
+    }
+
+    if role.runs(Role::Serve) {
+        let tail = api::tail::start(db.clone(), stop.child_token()).await?;
+        let state = AppState {
+            db: db.clone(),
+            keys: Arc::new(KeyCache::default()),
+            limiter: Arc::new(RateLimiter::new(config.rate_limit, config.rate_burst)),
+            tail,
+            metrics,
+            sims: sims.clone(),
+            sagas: sagas.clone(),
+            outbox: outbox.clone(),
+            names: names.clone(),
+            bus: bus.clone(),
+        };
+        let idem_store = api::idempotency::store(
+            &db,
+            config
+                .redis_url
+                .as_deref()
+                .map(|u| (u, config.redis_prefix.as_str())),
+        )
+        .await?;
+        let idem = api::Idempotent {
+            payments: api::idempotency::layer(
+                idem_store.clone(),
+                "create_payment",
+                config.max_body_bytes,
+            )?,
+            refunds: api::idempotency::layer(idem_store, "create_refund", config.max_body_bytes)?,
+        };
+        let app = api::router(state, config.max_body_bytes, idem);
+        let listener = tokio::net::TcpListener::bind(config.listen).await?;
+        let addr = listener.local_addr()?;
+        println!("listening on http://{addr}");
+        println!("console: http://{addr}/console");
+        println!("API page: http://{addr}/api (OpenAPI document: /openapi.json)");
+        if config.demo {
+            for (r, k) in DEMO_KEYS {
+                println!("demo key for {r}: {k}   (console: http://{addr}/console#key={k})");
+            }
+            if config.operator_key.is_none() {
+                println!(
+                    "demo operator key: {DEMO_OPERATOR_KEY}   (local use only; set --operator-key in production)"
+                );
+            }
+        }
+        let server_stop = stop.child_token();
+        tasks.spawn(async move {
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(server_stop.cancelled_owned())
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "HTTP server stopped");
+            }
+        });
+        tasks.spawn(telemetry::refresh_gauges(db.clone(), stop.child_token()));
+    }
+    tasks.close();
+
+    shutdown_signal().await;
+    tracing::info!("shutting down: finishing work in flight");
+    stop.cancel();
+    if tokio::time::timeout(config.shutdown_grace, tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(grace = ?config.shutdown_grace, "work still in flight after the grace period; its leases lapse and another process takes over");
+    }
+    db_close(&db).await;
+    Ok(())
+}
+
+async fn db_close(db: &Db) {
+    let close = async {
+        match db {
+            Db::Postgres(p) => p.close().await,
+            Db::Sqlite(p) => p.close().await,
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), close).await;
+}
+
+/// Creates restaurants, printers and keys from the configuration.
+async fn seed(config: &Config, db: &Db) -> Result<(), sqlx::Error> {
+    if config.demo {
+        for (r, k) in DEMO_KEYS {
+            keys::ensure_restaurant(db, r).await?;
+            keys::insert(
+                db,
+                k,
+                &keys::Principal::Restaurant(r.to_owned()),
+                "demo key",
+            )
+            .await?;
+        }
+        if config.operator_key.is_none() {
+            keys::insert(
+                db,
+                DEMO_OPERATOR_KEY,
+                &keys::Principal::Operator,
+                "demo operator key",
+            )
+            .await?;
+        }
+    }
+    if let Some(k) = &config.operator_key {
+        keys::insert(
+            db,
+            k,
+            &keys::Principal::Operator,
+            "operator key from configuration",
+        )
+        .await?;
+    }
+    for p in config.printer_specs() {
+        keys::ensure_restaurant(db, &p.restaurant).await?;
+        let address = match &p.address {
+            crate::config::PrinterAddress::Simulated => "sim".to_owned(),
+            crate::config::PrinterAddress::Tcp(a) => format!("tcp://{a}"),
+        };
+        printers::ensure(db, &p.id, &p.restaurant, &address).await?;
+    }
+    Ok(())
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

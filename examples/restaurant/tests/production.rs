@@ -1,0 +1,214 @@
+//! The production shape: PostgreSQL for all state, RabbitMQ for messages,
+//! Redis for idempotency keys, separate `serve`,
+//! `saga` (two of them), `relay` and per-restaurant `agent` processes of the
+//! real binary, and one provider simulator process. A saga process is
+//! killed with SIGKILL mid-run and an agent is restarted; every payment
+//! still ends as exactly one capture and one receipt.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+
+use common::*;
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn separate_roles_on_postgres_finish_every_payment_exactly_once() {
+    let Some(db) = postgres_schema("prod").await else {
+        return;
+    };
+    let Ok(amqp) = std::env::var("TEST_AMQP_URL") else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "TEST_AMQP_URL is required when CI=true"
+        );
+        eprintln!("skipping: TEST_AMQP_URL is not set");
+        return;
+    };
+    // A fresh prefix: this run's exchanges and queues are its own.
+    let prefix = format!("restaurant-test-{}", uuid::Uuid::new_v4().simple());
+    let dir = temp_dir("prod");
+    let env = [
+        ("DATABASE_URL", db.as_str()),
+        ("AMQP_URL", amqp.as_str()),
+        ("AMQP_PREFIX", prefix.as_str()),
+    ];
+    let sim = spawn_until(
+        &dir,
+        &["--role", "simulator"],
+        &[],
+        Some("provider simulator: "),
+    );
+    let provider = sim.provider.clone().unwrap();
+    // Idempotency keys in Redis when it is there (a fresh prefix per run).
+    let redis = std::env::var("TEST_REDIS_URL").ok();
+    let redis_prefix = format!("restaurant-test:{}:", uuid::Uuid::new_v4().simple());
+    let mut serve_env = env.to_vec();
+    if let Some(url) = &redis {
+        serve_env.push(("REDIS_URL", url.as_str()));
+        serve_env.push(("REDIS_PREFIX", redis_prefix.as_str()));
+    } else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "TEST_REDIS_URL is required when CI=true"
+        );
+        eprintln!("TEST_REDIS_URL not set: idempotency keys in PostgreSQL");
+    }
+    let serve = spawn(&dir, &["--role", "serve"], &serve_env, true);
+    let saga_args = [
+        "--role",
+        "saga",
+        "--provider-url",
+        provider.as_str(),
+        "--provider-timeout",
+        "1s",
+    ];
+    let mut saga1 = spawn(&dir, &saga_args, &env, false);
+    let _saga2 = spawn(&dir, &saga_args, &env, false);
+    let _relay = spawn(&dir, &["--role", "relay"], &env, false);
+    let agent_db = |r: &str| format!("sqlite://{}/agent-{r}.sqlite", dir.display());
+    let (a1, a2) = (agent_db("demo-1"), agent_db("demo-2"));
+    let (a1, a2) = (a1.as_str(), a2.as_str());
+    let mut agent1 = spawn(&dir, &agent_args("demo-1", a1), &env, false);
+    let _agent2 = spawn(&dir, &agent_args("demo-2", a2), &env, false);
+
+    // Payments from both restaurants, each sent twice with the same key.
+    let mut ids = HashMap::new();
+    for i in 0..24 {
+        let (key, r) = if i % 2 == 0 {
+            (KEY1, "demo-1")
+        } else {
+            (KEY2, "demo-2")
+        };
+        let printer = format!("{r}-p{}", 1 + i % 4 / 2);
+        let body = order(r, &printer, 1000 + i * 10);
+        let idem = format!("prod-{i}");
+        let (s1, p1) = serve
+            .post(key, "/v1/payments", &body, &[("idempotency-key", &idem)])
+            .await;
+        let (s2, p2) = serve
+            .post(key, "/v1/payments", &body, &[("idempotency-key", &idem)])
+            .await;
+        assert!(s1 == 202 || s1 == 200, "{s1}: {p1}");
+        assert!(s2 == 200 || s2 == 202, "{p2}");
+        assert_eq!(p1["id"], p2["id"]);
+        ids.insert(p1["id"].as_str().unwrap().to_owned(), key);
+        if i == 8 {
+            // A saga worker dies mid-run; its leases lapse and the other
+            // worker takes over.
+            saga1.child.kill().unwrap();
+            saga1.child.wait().unwrap();
+        }
+        if i == 14 {
+            // The on-site agent of demo-1 restarts.
+            agent1.child.kill().unwrap();
+            agent1.child.wait().unwrap();
+            agent1 = spawn(&dir, &agent_args("demo-1", a1), &env, false);
+        }
+    }
+    for (id, key) in &ids {
+        let p = serve
+            .wait_payment(key, id, 90, |p| p["status"] == "fiscalized")
+            .await;
+        assert!(p["receipt"]["number"].as_u64().unwrap() > 0);
+    }
+    // A refund ends in a reversal receipt.
+    let (first, key) = ids.iter().next().unwrap();
+    let (_, p) = serve.get(key, &format!("/v1/payments/{first}")).await;
+    let (status, refund) = serve
+        .post(
+            key,
+            &format!("/v1/payments/{first}/refunds"),
+            &json!({ "amount": p["amount"], "reason": "prod test" }),
+            &[("idempotency-key", "prod-refund")],
+        )
+        .await;
+    assert_eq!(status, 202, "{refund}");
+    serve
+        .wait_payment(key, first, 60, |p| p["refunds"][0]["status"] == "reversed")
+        .await;
+
+    // The provider's ledger: one authorization and one capture per payment.
+    let ledger: Vec<Value> = serve
+        .http
+        .get(format!("{provider}/ledger"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for id in ids.keys() {
+        assert_eq!(ledger_count(&ledger, "authorize", id), 1, "{id}");
+        assert_eq!(ledger_count(&ledger, "capture", id), 1, "{id}");
+    }
+    // Receipt numbers are unique per printer: nothing printed twice.
+    let mut seen = HashSet::new();
+    for (id, key) in &ids {
+        let (_, p) = serve.get(key, &format!("/v1/payments/{id}")).await;
+        let r = &p["receipt"];
+        assert!(
+            seen.insert((
+                r["printer"].as_str().unwrap().to_owned(),
+                r["number"].as_u64().unwrap()
+            )),
+            "{p}"
+        );
+    }
+    // The agents' journals hold exactly one printed outcome per sale key.
+    for url in [a1, a2] {
+        let pool = sqlx::SqlitePool::connect(url).await.unwrap();
+        let rows: Vec<(String, Option<String>)> =
+            sqlx::query_as("SELECT sale_key, outcome FROM agent_journal")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        for (key, outcome) in rows {
+            let o: Value = serde_json::from_str(outcome.as_deref().unwrap_or("null")).unwrap();
+            assert_eq!(o["result"], "printed", "{key}: {o}");
+        }
+        pool.close().await;
+    }
+    // Tenant isolation holds across processes too.
+    let (id1, _) = ids.iter().find(|(_, k)| **k == KEY1).unwrap();
+    assert_eq!(serve.get(KEY2, &format!("/v1/payments/{id1}")).await.0, 404);
+    drop(agent1);
+    delete_topology(&amqp, &prefix).await;
+}
+
+/// Deletes this run's queues and exchanges.
+async fn delete_topology(amqp: &str, prefix: &str) {
+    use counterfoil_outbox::{
+        AmqpConsumer, HandlerError, IncomingMessage, QueueTopology, handler_fn,
+    };
+    let noop = std::sync::Arc::new(handler_fn(|_m: IncomingMessage| async {
+        Ok::<(), HandlerError>(())
+    }));
+    let queues = [
+        QueueTopology::new(format!("{prefix}.print.demo-1"))
+            .bind(format!("{prefix}.print"), "demo-1.*"),
+        QueueTopology::new(format!("{prefix}.print.demo-2"))
+            .bind(format!("{prefix}.print"), "demo-2.*"),
+        QueueTopology::new(format!("{prefix}.results")).bind(format!("{prefix}.results"), "#"),
+    ];
+    for (i, t) in queues.into_iter().enumerate() {
+        let c = AmqpConsumer::builder(amqp, t, noop.clone())
+            .build()
+            .unwrap();
+        if let Err(e) = c.delete_topology(i == 2).await {
+            eprintln!("could not delete the test topology: {e}");
+        }
+    }
+}
+
+fn agent_args<'a>(restaurant: &'a str, journal: &'a str) -> [&'a str; 6] {
+    [
+        "--role",
+        "agent",
+        "--agent-restaurant",
+        restaurant,
+        "--agent-database-url",
+        journal,
+    ]
+}
