@@ -269,6 +269,8 @@ pub struct TestStep {
     pub reconciles: bool,
     /// Takes `state.printer` as resource and waits for `printed` (deadline 60 s).
     pub waits: bool,
+    /// With `waits`: releases the resource when the wait starts.
+    pub releases: bool,
     /// Writes a row in the step transaction.
     pub writes_row: bool,
     /// The world.
@@ -302,6 +304,7 @@ impl TestStep {
             comp_policy: RetryPolicy::default().max_attempts(3),
             reconciles: true,
             waits: false,
+            releases: false,
             writes_row: true,
             world: world.clone(),
             rows: rows.clone(),
@@ -338,11 +341,12 @@ impl Step<TestState> for TestStep {
     async fn run(&self, cx: &mut StepCx<'_, TestState>) -> Result<StepOutcome, StepError> {
         let id = cx.saga_id();
         if self.waits {
-            if let Some(p) = cx.state().printer.clone() {
-                self.world.enter(&p, id);
-            }
             match cx.wake().clone() {
-                Wake::Start => {}
+                Wake::Start => {
+                    if let Some(p) = cx.state().printer.clone() {
+                        self.world.enter(&p, id);
+                    }
+                }
                 Wake::Event(e) => {
                     cx.state_mut().event = Some(e.name);
                     if let Some(p) = cx.state().printer.clone() {
@@ -373,7 +377,14 @@ impl Step<TestState> for TestStep {
                 }
                 cx.state_mut().done.push(self.name.to_owned());
                 if self.waits {
-                    return Ok(StepOutcome::wait(["printed"], Duration::from_secs(60)));
+                    let wait = StepOutcome::wait(["printed"], Duration::from_secs(60));
+                    if !self.releases {
+                        return Ok(wait);
+                    }
+                    if let Some(p) = cx.state().printer.clone() {
+                        self.world.leave(&p, id);
+                    }
+                    return Ok(wait.releasing_resource());
                 }
                 Ok(StepOutcome::Done)
             }
@@ -518,6 +529,7 @@ where
     failing_compensation_parks(make().await).await;
     stale_epoch_is_fenced(make().await).await;
     resource_is_serialized_in_start_order(make().await).await;
+    resource_released_while_waiting(make().await).await;
     versions_are_pinned(make().await).await;
     operator_actions(make().await).await;
     execute_on_start_runs_at_once(make().await).await;
@@ -999,6 +1011,48 @@ pub async fn resource_is_serialized_in_start_order(b: Backend) {
     }
     assert_eq!(world.resource_order("printer-7"), ids);
     assert!(world.violations().is_empty(), "{:?}", world.violations());
+}
+
+/// A step that releases its resource when it starts waiting hands it to the next saga at
+/// once: every saga queues its job in start order and waits without the resource; woken,
+/// each finishes without taking it again, in any order.
+pub async fn resource_released_while_waiting(b: Backend) {
+    let (world, rows) = world_and_rows(&b);
+    let def = payment_saga(&world, &rows, true, |s| s.releases = true);
+    let h = harness(&b, &def).await;
+    let mut ids = Vec::new();
+    for k in ["w1", "w2", "w3"] {
+        let mut s = state(k);
+        s.printer = Some("printer-8".into());
+        ids.push(h.start(&def, k, &s).await.expect("start"));
+        h.run_until_idle().await.expect("run");
+    }
+    // Each one queued its job and waits; none is blocked behind the one before.
+    for id in &ids {
+        let rec = h.engine().get(*id).await.expect("get");
+        assert_eq!(rec.status, Status::Waiting, "{rec:?}");
+        assert!(!rec.resource_held);
+        assert_eq!(rec.resource, None);
+    }
+    assert_eq!(world.resource_order("printer-8"), ids);
+    // Woken in reverse order: none waits for the resource again.
+    for (i, id) in ids.iter().enumerate().rev() {
+        h.engine()
+            .deliver(*id, "printed", &i)
+            .await
+            .expect("deliver");
+        h.run_until_idle().await.expect("run");
+        assert_eq!(h.status(*id).await.expect("status"), Status::Completed);
+    }
+    assert_eq!(world.resource_order("printer-8"), ids);
+    assert!(world.violations().is_empty(), "{:?}", world.violations());
+    // A fourth saga takes the free resource at once.
+    let mut s = state("w4");
+    s.printer = Some("printer-8".into());
+    let last = h.start(&def, "w4", &s).await.expect("start");
+    h.run_until_idle().await.expect("run");
+    assert_eq!(h.status(last).await.expect("status"), Status::Waiting);
+    assert_eq!(world.resource_order("printer-8").len(), 4);
 }
 
 /// In-flight sagas finish on the version they started on; an unknown version in the

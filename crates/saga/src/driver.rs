@@ -324,7 +324,13 @@ impl<'a, S: SagaState> Run<'a, S> {
         let mut state = self.state()?;
         let resource = step.resource(&state);
         let holds = match &resource {
-            Some(r) => self.rec.resource_held && self.rec.resource.as_deref() == Some(r),
+            // A step that has run (attempt > 0) without a resource recorded gave it back
+            // when it started waiting (`releasing_resource`): it goes on without it. Any
+            // other step with a resource holds it from its first attempt until it is done.
+            Some(r) => {
+                (self.rec.resource_held && self.rec.resource.as_deref() == Some(r))
+                    || (self.rec.attempt > 0 && self.rec.resource.is_none())
+            }
             None => true,
         };
         // A step that needs a resource cannot have started without holding it.
@@ -497,15 +503,24 @@ impl<'a, S: SagaState> Run<'a, S> {
                 self.step_done(tx, &state, &name, attempt, "completed")
                     .await
             }
-            Ok(StepOutcome::Wait { events, deadline }) => {
+            Ok(StepOutcome::Wait {
+                events,
+                deadline,
+                release_resource,
+            }) => {
                 self.rec.state = serde_json::to_string(&state).map_err(|e| Err(Error::Serde(e)))?;
                 self.rec.status = Status::Waiting;
                 self.rec.attempt = attempt;
                 self.rec.in_flight = false;
                 self.rec.wait_events = events;
                 self.release_at(now.saturating_add(duration_ms(deadline)));
+                let release = if release_resource {
+                    self.take_resource()
+                } else {
+                    None
+                };
                 let detail = Some(self.rec.wait_events.join(","));
-                self.write(tx, None, &name, attempt, "waiting", detail)
+                self.write(tx, release, &name, attempt, "waiting", detail)
                     .await?;
                 Ok(Next::Stop)
             }

@@ -35,11 +35,14 @@ pub enum StepOutcome {
         events: Vec<String>,
         /// How long to wait from now.
         deadline: Duration,
+        /// Hand the step's [resource](Step::resource) to the next saga while waiting; see
+        /// [`StepOutcome::releasing_resource`].
+        release_resource: bool,
     },
 }
 
 impl StepOutcome {
-    /// Waits for any of `events` for at most `deadline`.
+    /// Waits for any of `events` for at most `deadline`, keeping the step's resource.
     pub fn wait<I, E>(events: I, deadline: Duration) -> Self
     where
         I: IntoIterator<Item = E>,
@@ -48,6 +51,31 @@ impl StepOutcome {
         Self::Wait {
             events: events.into_iter().map(Into::into).collect(),
             deadline,
+            release_resource: false,
+        }
+    }
+
+    /// Releases the step's [resource](Step::resource) in the same commit that starts the
+    /// wait, handing it to the next saga queued on it; no effect on [`StepOutcome::Done`].
+    ///
+    /// For a step whose use of the resource ends before the wait: it queued a job for a
+    /// device that serializes its own work (a fiscal printer's driver prints one document at
+    /// a time), and waits only for the device's answer. Holding the resource through that
+    /// wait would pass one job per round trip to the device; releasing it passes jobs as fast
+    /// as they can be queued, still in start order. From then on the step runs without the
+    /// resource until it is done: when woken, after a retry, and when reconciled (an
+    /// operator's retry of a parked saga takes it again).
+    #[must_use]
+    pub fn releasing_resource(self) -> Self {
+        match self {
+            Self::Wait {
+                events, deadline, ..
+            } => Self::Wait {
+                events,
+                deadline,
+                release_resource: true,
+            },
+            other => other,
         }
     }
 }
@@ -263,8 +291,9 @@ pub trait Step<S: Send + Sync + 'static>: Send + Sync + 'static {
 
     /// A resource the step needs alone (a printer's serial): at most one step per resource
     /// runs at a time, sagas taking turns in start order. Held from the first attempt until
-    /// the step is done (waits included); a step parked in doubt keeps it until an operator
-    /// resolves it, since the device's state is unknown. Default: none.
+    /// the step is done (waits included, unless the step waits with
+    /// [`StepOutcome::releasing_resource`]); a step parked in doubt keeps it until an
+    /// operator resolves it, since the device's state is unknown. Default: none.
     fn resource(&self, _state: &S) -> Option<String> {
         None
     }

@@ -2,9 +2,10 @@
 //!
 //! Payment: `authorize` (compensatable; compensation: void) → `capture`
 //! (the pivot: after it only forward recovery exists) → `fiscalize`
-//! (resource: the printer; enqueues the print job in the step's transaction
-//! and waits for `receipt.printed`, `receipt.not_printed` or
-//! `receipt.unknown` with a deadline) → `notify` (the `payment.fiscalized`
+//! (resource: the printer, taken in start order to queue the print job in the
+//! step's transaction and handed to the next receipt as the step starts to
+//! wait for `receipt.printed`, `receipt.not_printed` or `receipt.unknown`
+//! with a deadline) → `notify` (the `payment.fiscalized`
 //! event, which reaches the till over the WebSocket).
 //!
 //! Refund: `refund` at the provider (the pivot) → `reverse` (the reversal
@@ -88,7 +89,12 @@ impl Sagas {
         let refund = refund::definition(&deps)?;
         let engine = Engine::builder(dyn_store)
             .lease(Duration::from_secs(15))
-            .resource_poll(Duration::from_millis(250))
+            // A printer's release hands it to the next receipt in the same
+            // transaction, so a queued receipt re-checks only as a safety
+            // net. Re-checking often makes every queued saga compete for the
+            // printer's lock on each poll, and a long queue (a printer back
+            // from an outage) then slows the hand-off it waits for.
+            .resource_poll(Duration::from_secs(5))
             .register(payment.clone())
             .register(refund.clone())
             .build()

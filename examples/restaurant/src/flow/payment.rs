@@ -351,7 +351,8 @@ impl Step<PaymentSaga> for Fiscalize {
             .initial_backoff(Duration::from_millis(200))
             .max_backoff(Duration::from_secs(10))
     }
-    /// One receipt at a time per printer, in start order.
+    /// Receipts are queued for a printer one at a time, in start order (the
+    /// printer is released once the job is queued; see `print::request`).
     fn resource(&self, s: &PaymentSaga) -> Option<String> {
         Some(format!("printer:{}", s.printer))
     }

@@ -67,7 +67,10 @@ pub(super) async fn request<S: Send + Sync + 'static>(
         .enqueue_step(tx, &[message])
         .await
         .map_err(|e| StepError::retry(e.to_string()))?;
-    Ok(StepOutcome::wait(EVENTS, deps.fiscal_deadline))
+    // The agent's device actor prints one document at a time in the order
+    // jobs reach it: the printer is handed to the next receipt as soon as
+    // this one is queued, not after it printed.
+    Ok(StepOutcome::wait(EVENTS, deps.fiscal_deadline).releasing_resource())
 }
 
 /// The agent's answer, when the step was woken by one.
