@@ -257,9 +257,17 @@ impl Fingerprinter {
         let canonical = if body.iter().all(u8::is_ascii_whitespace) {
             Vec::new()
         } else {
-            let value: Value =
-                serde_json::from_slice(body).map_err(|e| Error::MalformedBody(e.to_string()))?;
-            self.canonical(value)
+            let mut out = Vec::with_capacity(body.len());
+            if self.include.is_empty()
+                && self.exclude.is_empty()
+                && crate::fast_json::canonical(body, &mut out).is_some()
+            {
+                out
+            } else {
+                let value: Value = serde_json::from_slice(body)
+                    .map_err(|e| Error::MalformedBody(e.to_string()))?;
+                self.canonical(value)
+            }
         };
         Ok(self.digest(method, route, target, b"json", &canonical))
     }

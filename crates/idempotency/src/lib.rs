@@ -7,6 +7,7 @@ mod clock;
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod conformance;
 mod error;
+mod fast_json;
 mod fingerprint;
 mod key;
 mod lease;

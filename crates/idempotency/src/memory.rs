@@ -1,6 +1,7 @@
 //! The in-memory backend.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -15,13 +16,63 @@ use crate::lease::{BeginOptions, Lease, RecoveryPoint};
 use crate::record::{self, Record};
 use crate::response::StoredResponse;
 
+/// The records whose keys share one 64-bit hash (almost always exactly one).
+type Bucket = Vec<(Arc<IdempotencyKey>, Record)>;
+
+/// Records by the SipHash of their key, computed once per operation with
+/// the store's random state: growing the table never hashes a key again.
+type Map = HashMap<u64, Bucket, BuildHasherDefault<PassThrough>>;
+
+/// Hashes a `u64` that is already a (keyed) hash to itself.
+#[derive(Debug, Default)]
+struct PassThrough(u64);
+
+impl Hasher for PassThrough {
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u64` keys are hashed here; this keeps any other input sound.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// Finds the record of a lease, comparing the shared key by pointer first.
+fn find_leased<'m>(
+    map: &'m mut Map,
+    hash: u64,
+    key: &Arc<IdempotencyKey>,
+) -> Option<&'m mut Record> {
+    map.get_mut(&hash)?
+        .iter_mut()
+        .find(|(k, _)| Arc::ptr_eq(k, key) || **k == **key)
+        .map(|(_, r)| r)
+}
+
+fn remove(map: &mut Map, hash: u64, key: &IdempotencyKey) {
+    if let Some(bucket) = map.get_mut(&hash) {
+        bucket.retain(|(k, _)| **k != *key);
+        if bucket.is_empty() {
+            map.remove(&hash);
+        }
+    }
+}
+
 /// An [`IdempotencyStore`](crate::IdempotencyStore) in process memory, for
 /// tests, single-process services and as the reference for the other backends.
 ///
 /// Records die with the process.
 #[derive(Debug, Clone)]
 pub struct InMemoryIdempotencyStore {
-    map: Arc<Mutex<HashMap<IdempotencyKey, Record>>>,
+    map: Arc<Mutex<Map>>,
+    hasher: RandomState,
     clock: Arc<dyn Clock>,
 }
 
@@ -36,6 +87,7 @@ impl InMemoryIdempotencyStore {
     pub fn new() -> Self {
         Self {
             map: Arc::default(),
+            hasher: RandomState::new(),
             clock: clock::system(),
         }
     }
@@ -48,15 +100,19 @@ impl InMemoryIdempotencyStore {
 
     /// How many records are held (expired ones included until reaped).
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().values().map(Vec::len).sum()
     }
 
     /// Whether no record is held.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.lock().is_empty()
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<IdempotencyKey, Record>> {
+    fn hash(&self, key: &IdempotencyKey) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Map> {
         // A panic while holding this lock cannot leave a record half-written
         // (each update is a single assignment), so poisoning is ignored.
         self.map
@@ -74,19 +130,35 @@ impl crate::store::IdempotencyStore for InMemoryIdempotencyStore {
         opts: &BeginOptions,
     ) -> Result<Begin, Error> {
         let now = self.clock.now_ms();
+        let hash = self.hash(key);
         let mut map = self.lock();
-        let (write, answer) = record::begin(map.get(key), key, fp, now, opts);
+        let found = map
+            .get_mut(&hash)
+            .and_then(|b| b.iter_mut().find(|(k, _)| **k == *key));
+        let (write, answer) = record::begin(found.as_deref().map(|e| &e.1), key, fp, now, opts);
         if let Some(w) = write {
-            map.insert(key.clone(), w);
+            match (found, &answer) {
+                (Some(e), _) => e.1 = w,
+                // The lease and the map share one copy of the key.
+                (None, Begin::Execute(lease)) => {
+                    map.entry(hash).or_default().push((lease.key.clone(), w));
+                }
+                (None, _) => map
+                    .entry(hash)
+                    .or_default()
+                    .push((Arc::new(key.clone()), w)),
+            }
         }
         Ok(answer)
     }
 
     async fn checkpoint(&self, lease: &mut Lease, point: &RecoveryPoint) -> Result<(), Error> {
         let now = self.clock.now_ms();
+        let hash = self.hash(&lease.key);
         let mut map = self.lock();
-        record::holds(map.get(&*lease.key), lease)?;
-        if let Some(r) = map.get_mut(&*lease.key) {
+        let rec = find_leased(&mut map, hash, &lease.key);
+        record::holds(rec.as_deref(), lease)?;
+        if let Some(r) = rec {
             record::checkpoint(r, lease, now, point);
         }
         Ok(())
@@ -99,9 +171,11 @@ impl crate::store::IdempotencyStore for InMemoryIdempotencyStore {
         ttl: Duration,
     ) -> Result<(), Error> {
         let now = self.clock.now_ms();
+        let hash = self.hash(&lease.key);
         let mut map = self.lock();
-        record::holds(map.get(&*lease.key), lease)?;
-        if let Some(r) = map.get_mut(&*lease.key) {
+        let rec = find_leased(&mut map, hash, &lease.key);
+        record::holds(rec.as_deref(), lease)?;
+        if let Some(r) = rec {
             record::complete(r, now, response, ttl);
         }
         Ok(())
@@ -109,13 +183,15 @@ impl crate::store::IdempotencyStore for InMemoryIdempotencyStore {
 
     async fn release(&self, lease: &Lease) -> Result<(), Error> {
         let now = self.clock.now_ms();
+        let hash = self.hash(&lease.key);
         let mut map = self.lock();
-        record::holds(map.get(&*lease.key), lease)?;
-        if let Some(r) = map.get_mut(&*lease.key) {
+        let rec = find_leased(&mut map, hash, &lease.key);
+        record::holds(rec.as_deref(), lease)?;
+        if let Some(r) = rec {
             if r.recovery.is_some() {
                 r.lease_until = now;
             } else {
-                map.remove(&*lease.key);
+                remove(&mut map, hash, &lease.key);
             }
         }
         Ok(())
@@ -124,15 +200,20 @@ impl crate::store::IdempotencyStore for InMemoryIdempotencyStore {
     async fn reap_expired(&self, batch: u32) -> Result<u64, Error> {
         let now = self.clock.now_ms();
         let mut map = self.lock();
-        let expired: Vec<IdempotencyKey> = map
-            .iter()
-            .filter(|(_, r)| r.expires_at <= now)
-            .map(|(k, _)| k.clone())
-            .take(batch as usize)
-            .collect();
-        for k in &expired {
-            map.remove(k);
-        }
-        Ok(expired.len() as u64)
+        let mut left = batch as usize;
+        let mut reaped = 0u64;
+        map.retain(|_, bucket| {
+            bucket.retain(|(_, r)| {
+                if left > 0 && r.expires_at <= now {
+                    left -= 1;
+                    reaped += 1;
+                    false
+                } else {
+                    true
+                }
+            });
+            !bucket.is_empty()
+        });
+        Ok(reaped)
     }
 }
