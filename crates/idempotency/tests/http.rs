@@ -517,3 +517,44 @@ async fn min_key_length_is_enforced() {
     assert_problem(s, &h, &b, StatusCode::BAD_REQUEST, "key-malformed");
     let _: Response = Response::new(Body::empty());
 }
+
+#[tokio::test]
+async fn problem_type_base_is_configurable() {
+    // Default base.
+    let plain = app(layer(store()), Counter::default(), None);
+    let (_, _, b) = send(&plain, req(None, "{}")).await;
+    let v: serde_json::Value = serde_json::from_str(&b).expect("problem json");
+    assert_eq!(
+        v["type"],
+        "urn:problem-type:counterfoil:idempotency:key-missing"
+    );
+
+    // A custom base, on every kind of problem.
+    let custom = IdempotencyLayer::builder(store())
+        .route("/v1/payments")
+        .problem_type_base("https://errors.example.com/idempotency/")
+        .build()
+        .expect("layer");
+    let with_base = app(custom, Counter::default(), None);
+    let (s, h, b) = send(&with_base, req(None, "{}")).await;
+    assert_problem(s, &h, &b, StatusCode::BAD_REQUEST, "key-missing");
+    let v: serde_json::Value = serde_json::from_str(&b).expect("problem json");
+    assert_eq!(
+        v["type"],
+        "https://errors.example.com/idempotency/key-missing"
+    );
+    let (_, _, b) = send(&with_base, req(Some(b"k"), "{\"a\":")).await;
+    let v: serde_json::Value = serde_json::from_str(&b).expect("problem json");
+    assert_eq!(
+        v["type"],
+        "https://errors.example.com/idempotency/body-malformed"
+    );
+    send(&with_base, req(Some(b"k2"), "{\"a\":1}")).await;
+    let (s, _, b) = send(&with_base, req(Some(b"k2"), "{\"a\":2}")).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    let v: serde_json::Value = serde_json::from_str(&b).expect("problem json");
+    assert_eq!(
+        v["type"],
+        "https://errors.example.com/idempotency/key-reused"
+    );
+}

@@ -6,6 +6,7 @@ use std::time::Duration;
 use http::{HeaderName, Method};
 use tower_layer::Layer;
 
+use super::problem::DEFAULT_TYPE_BASE;
 use super::service::IdempotencyService;
 use crate::error::BuildError;
 use crate::fingerprint::Fingerprinter;
@@ -29,6 +30,7 @@ pub(crate) struct Config {
     pub(crate) max_response_body: usize,
     pub(crate) replay_headers: Vec<HeaderName>,
     pub(crate) min_key_len: usize,
+    pub(crate) problem_type_base: String,
 }
 
 /// Applies [`IdempotencyService`] to a service.
@@ -89,6 +91,7 @@ pub struct IdempotencyLayerBuilder {
     max_response_body: usize,
     replay_headers: Vec<HeaderName>,
     min_key_len: usize,
+    problem_type_base: String,
 }
 
 impl IdempotencyLayerBuilder {
@@ -111,6 +114,7 @@ impl IdempotencyLayerBuilder {
                 http::header::CONTENT_LANGUAGE,
             ],
             min_key_len: 1,
+            problem_type_base: DEFAULT_TYPE_BASE.to_owned(),
         }
     }
 
@@ -129,6 +133,7 @@ impl IdempotencyLayerBuilder {
             max_response_body: self.max_response_body,
             replay_headers: self.replay_headers,
             min_key_len: self.min_key_len,
+            problem_type_base: self.problem_type_base,
         }
     }
 
@@ -216,6 +221,30 @@ impl IdempotencyLayerBuilder {
     /// Default: 1.
     pub fn min_key_len(mut self, len: usize) -> Self {
         self.min_key_len = len;
+        self
+    }
+
+    /// The base of the `type` URI of the layer's problem+json answers
+    /// (RFC 9457): the problem's kind is appended to it, so a base of
+    /// `https://errors.example.com/idempotency/` gives
+    /// `https://errors.example.com/idempotency/key-missing`. The kinds are
+    /// `key-missing`, `key-malformed`, `body-too-large`, `body-unreadable`,
+    /// `body-malformed`, `in-flight`, `key-reused`, `store-unavailable` and
+    /// `response-failed`. Default: `urn:problem-type:counterfoil:idempotency:`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use counterfoil_idempotency::{IdempotencyLayer, InMemoryIdempotencyStore};
+    ///
+    /// let layer = IdempotencyLayer::builder(Arc::new(InMemoryIdempotencyStore::new()))
+    ///     .problem_type_base("https://errors.example.com/idempotency/")
+    ///     .build()?;
+    /// # Ok::<(), counterfoil_idempotency::BuildError>(())
+    /// ```
+    pub fn problem_type_base(mut self, base: impl Into<String>) -> Self {
+        self.problem_type_base = base.into();
         self
     }
 

@@ -5,15 +5,19 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 
-/// A problem+json response: `type`, `title`, `status`, `detail`.
+/// The default base of the problem `type` URIs; the problem's kind follows it.
+pub(crate) const DEFAULT_TYPE_BASE: &str = "urn:problem-type:counterfoil:idempotency:";
+
+/// A problem+json response: `type` (`base` then `kind`), `title`, `status`, `detail`.
 pub(crate) fn problem<B: From<Bytes>>(
+    base: &str,
     status: StatusCode,
     kind: &str,
     title: &str,
     detail: &str,
 ) -> Response<B> {
     let body = serde_json::json!({
-        "type": format!("urn:problem-type:counterfoil:idempotency:{kind}"),
+        "type": format!("{base}{kind}"),
         "title": title,
         "status": status.as_u16(),
         "detail": detail,

@@ -56,8 +56,12 @@ fn is_json(req_headers: &http::HeaderMap) -> bool {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
         .map(|m| {
-            let m = m.trim().to_ascii_lowercase();
-            m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
+            let m = m.trim().as_bytes();
+            let (app, json) = (b"application/", b"+json");
+            m.eq_ignore_ascii_case(b"application/json")
+                || (m.len() >= app.len() + json.len()
+                    && m[..app.len()].eq_ignore_ascii_case(app)
+                    && m[m.len() - json.len()..].eq_ignore_ascii_case(json))
         })
         .unwrap_or(false)
 }
@@ -111,6 +115,7 @@ where
     let raw = match (values.next(), values.next()) {
         (None, _) if config.require_for.contains(req.method()) => {
             return Ok(problem(
+                &config.problem_type_base,
                 StatusCode::BAD_REQUEST,
                 "key-missing",
                 "Idempotency-Key is missing",
@@ -123,18 +128,20 @@ where
         (None, _) => return inner.call(req).await,
         (Some(_), Some(_)) => {
             return Ok(problem(
+                &config.problem_type_base,
                 StatusCode::BAD_REQUEST,
                 "key-malformed",
                 "Idempotency-Key is malformed",
                 "the Idempotency-Key header appears more than once",
             ));
         }
-        (Some(v), None) => v.as_bytes().to_vec(),
+        (Some(v), None) => parse_header_value(v.as_bytes(), config.min_key_len),
     };
-    let client_key = match parse_header_value(&raw, config.min_key_len) {
+    let client_key = match raw {
         Ok(k) => k,
         Err(e) => {
             return Ok(problem(
+                &config.problem_type_base,
                 StatusCode::BAD_REQUEST,
                 "key-malformed",
                 "Idempotency-Key is malformed",
@@ -144,25 +151,22 @@ where
     };
 
     let (mut parts, body) = req.into_parts();
-    let route = config
-        .route
-        .clone()
-        .unwrap_or_else(|| parts.uri.path().to_owned());
-    let operation = config
-        .operation
-        .clone()
-        .unwrap_or_else(|| format!("{} {}", parts.method, route));
-    let who = parts
-        .extensions
-        .get::<IdempotencyScope>()
-        .cloned()
-        .unwrap_or_default();
-    let key = match Scope::new(who.tenant, who.principal, operation)
+    let route = config.route.as_deref().unwrap_or(parts.uri.path());
+    let operation = match &config.operation {
+        Some(op) => op.clone(),
+        None => format!("{} {}", parts.method, route),
+    };
+    let (tenant, principal) = match parts.extensions.get::<IdempotencyScope>() {
+        Some(who) => (who.tenant.clone(), who.principal.clone()),
+        None => (String::new(), String::new()),
+    };
+    let key = match Scope::new(tenant, principal, operation)
         .and_then(|s| IdempotencyKey::new(s, client_key))
     {
         Ok(k) => k,
         Err(e) => {
             return Ok(problem(
+                &config.problem_type_base,
                 StatusCode::BAD_REQUEST,
                 "key-malformed",
                 "Idempotency-Key is malformed",
@@ -175,6 +179,7 @@ where
         Ok(c) => c.to_bytes(),
         Err(e) if e.is::<LengthLimitError>() => {
             return Ok(problem(
+                &config.problem_type_base,
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "body-too-large",
                 "Request body is too large",
@@ -183,6 +188,7 @@ where
         }
         Err(e) => {
             return Ok(problem(
+                &config.problem_type_base,
                 StatusCode::BAD_REQUEST,
                 "body-unreadable",
                 "Request body could not be read",
@@ -193,16 +199,14 @@ where
     let target = parts
         .uri
         .path_and_query()
-        .map_or_else(|| parts.uri.path().to_owned(), |pq| pq.as_str().to_owned());
+        .map_or_else(|| parts.uri.path(), |pq| pq.as_str());
     let method = parts.method.as_str();
     let fp = if is_json(&parts.headers) || bytes.is_empty() {
-        match config
-            .fingerprinter
-            .request(method, &route, &target, &bytes)
-        {
+        match config.fingerprinter.request(method, route, target, &bytes) {
             Ok(fp) => fp,
             Err(e) => {
                 return Ok(problem(
+                    &config.problem_type_base,
                     StatusCode::BAD_REQUEST,
                     "body-malformed",
                     "Request body is not valid JSON",
@@ -213,7 +217,7 @@ where
     } else {
         config
             .fingerprinter
-            .request_raw(method, &route, &target, &bytes)
+            .request_raw(method, route, target, &bytes)
     };
 
     let store = &*config.store;
@@ -234,6 +238,7 @@ where
         Ok(Begin::InFlight { retry_after }) => {
             return Ok(with_retry_after(
                 problem(
+                    &config.problem_type_base,
                     StatusCode::CONFLICT,
                     "in-flight",
                     "A request with this Idempotency-Key is being processed",
@@ -244,13 +249,14 @@ where
         }
         Ok(Begin::Mismatch) => {
             return Ok(problem(
+                &config.problem_type_base,
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "key-reused",
                 "Idempotency-Key was used for a different request",
                 "this key was first used with a different method, path or body",
             ));
         }
-        Err(e) => return Ok(unavailable(&e)),
+        Err(e) => return Ok(unavailable(&config.problem_type_base, &e)),
     };
 
     parts.extensions.insert(IdempotencyContext {
@@ -284,6 +290,7 @@ where
             tracing::warn!(key = %lease.key(), error = %e, "response body failed; releasing idempotency key");
             release(&config, &lease).await;
             return Ok(problem(
+                &config.problem_type_base,
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "response-failed",
                 "The response could not be produced",
@@ -327,10 +334,11 @@ async fn release(config: &Config, lease: &crate::lease::Lease) {
     }
 }
 
-fn unavailable<B: From<Bytes>>(e: &Error) -> Response<B> {
+fn unavailable<B: From<Bytes>>(base: &str, e: &Error) -> Response<B> {
     tracing::error!(error = %e, "idempotency store failed");
     with_retry_after(
         problem(
+            base,
             StatusCode::SERVICE_UNAVAILABLE,
             "store-unavailable",
             "Idempotency store unavailable",
