@@ -459,6 +459,60 @@ async fn power_cycle_keeps_an_open_receipt_in_the_state_file() {
 }
 
 #[tokio::test]
+async fn journal_is_appended_beside_the_state_file_and_survives_a_torn_line() {
+    let dir = temp_dir("ej");
+    let mut cfg = sim_config(Dialect::X);
+    cfg.state_file = Some(dir.join("device.json"));
+    let sim = Simulator::start(cfg.clone()).await.unwrap();
+    let h = actor(
+        printer(&sim, Dialect::X),
+        Arc::new(InMemoryJournal::new()),
+        "p1",
+    );
+    for i in 1..=3 {
+        let unp = format!("AB000001-0001-{i:07}");
+        let out = h.print_receipt(&format!("s{i}"), receipt(&unp, 1)).await;
+        assert!(matches!(out, Ok(Outcome::Printed(_))), "{out:?}");
+    }
+    let before = sim.state();
+    assert_eq!(before.ej.len(), 3);
+    sim.shutdown();
+    // The state file holds the counters, not the journal; the journal file
+    // one line per entry.
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("device.json")).unwrap()).unwrap();
+    assert_eq!(state["ej"], serde_json::json!([]));
+    let ej_file = dir.join("device.ej.jsonl");
+    assert_eq!(
+        std::fs::read_to_string(&ej_file).unwrap().lines().count(),
+        3
+    );
+    // A crash between the two writes: an entry for a document the state
+    // never recorded, then a line cut short.
+    let mut extra: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(&ej_file)
+            .unwrap()
+            .lines()
+            .last()
+            .unwrap(),
+    )
+    .unwrap();
+    extra["doc_no"] = serde_json::json!(before.last_doc_no + 1);
+    let mut text = std::fs::read_to_string(&ej_file).unwrap();
+    text.push_str(&format!("{extra}\n{{\"doc_no\": 9"));
+    std::fs::write(&ej_file, text).unwrap();
+    cfg.addr = "127.0.0.1:0".into();
+    let sim2 = Simulator::start(cfg).await.unwrap();
+    assert_eq!(sim2.state(), before);
+    assert_eq!(
+        std::fs::read_to_string(&ej_file).unwrap().lines().count(),
+        3
+    );
+    sim2.shutdown();
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[tokio::test]
 async fn transcript_records_every_frame() {
     let sim = sim(Dialect::Classic).await;
     let p = printer(&sim, Dialect::Classic);

@@ -30,7 +30,7 @@ use crate::isl::commands as c;
 use fault::Pending;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -45,8 +45,10 @@ pub struct SimConfig {
     /// Listen address. Default: `127.0.0.1:0` (a free port).
     pub addr: String,
     /// File the device state is persisted to after every change; a power
-    /// cycle restarts from it. Default: none (state kept in memory, which
-    /// also survives a simulated power cycle).
+    /// cycle restarts from it. The electronic journal goes beside it, one
+    /// JSON line per entry appended (`<name>.ej.jsonl`), so each change
+    /// writes the counters and not the whole day's journal. Default: none
+    /// (state kept in memory, which also survives a simulated power cycle).
     pub state_file: Option<PathBuf>,
     /// Device serial number. Default: `DT000001`.
     pub serial: String,
@@ -113,6 +115,8 @@ impl std::fmt::Display for TranscriptEntry {
 #[derive(Debug)]
 struct Core {
     device: DeviceState,
+    /// Entries of `device.ej` already appended to the journal file.
+    ej_saved: usize,
     faults: Pending,
     last: Option<(u8, Vec<u8>)>,
     transcript: VecDeque<TranscriptEntry>,
@@ -157,17 +161,16 @@ impl Simulator {
     /// cannot be read.
     pub async fn start(cfg: SimConfig) -> Result<SimHandle, Error> {
         let device = match &cfg.state_file {
-            Some(p) if p.exists() => {
-                let bytes = std::fs::read(p)?;
-                serde_json::from_slice(&bytes).map_err(Error::backend)?
-            }
+            Some(p) if p.exists() => load(p)?,
             _ => DeviceState::new(cfg.dialect, &cfg.serial, cfg.clock.now_millis()),
         };
+        let ej_saved = device.ej.len();
         let listener = TcpListener::bind(&cfg.addr).await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             core: Mutex::new(Core {
                 device,
+                ej_saved,
                 faults: Pending::default(),
                 last: None,
                 transcript: VecDeque::new(),
@@ -299,25 +302,83 @@ impl SimHandle {
     }
 }
 
-fn persist(shared: &Shared, core: &Core) {
-    if let Some(path) = &shared.cfg.state_file {
-        let tmp = path.with_extension("tmp");
-        let res = serde_json::to_vec(&core.device)
-            .map_err(std::io::Error::other)
-            .and_then(|b| std::fs::write(&tmp, b))
-            .and_then(|()| std::fs::rename(&tmp, path));
-        if let Err(e) = res {
-            tracing::warn!("simulator could not persist its state: {e}");
+/// The electronic journal's file beside the state file: one JSON line per
+/// entry, appended, so a change costs the size of the device's counters and
+/// not of the whole day's journal.
+fn ej_path(state: &Path) -> PathBuf {
+    state.with_extension("ej.jsonl")
+}
+
+/// Reads a state file and its journal file. Journal lines for documents the
+/// state never recorded (the process died between the two writes) and a last
+/// line cut short are dropped, and the journal file is rewritten to match.
+fn load(path: &Path) -> Result<DeviceState, Error> {
+    let bytes = std::fs::read(path)?;
+    let mut dev: DeviceState = serde_json::from_slice(&bytes).map_err(Error::backend)?;
+    let ej = ej_path(path);
+    if let Ok(text) = std::fs::read_to_string(&ej) {
+        for line in text.lines() {
+            match serde_json::from_str::<EjEntry>(line) {
+                Ok(e) if e.doc_no <= dev.last_doc_no => dev.ej.push(e),
+                _ => break,
+            }
         }
+    }
+    write_ej(&ej, &dev.ej)?;
+    Ok(dev)
+}
+
+fn ej_lines(entries: &[EjEntry]) -> std::io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    for e in entries {
+        serde_json::to_writer(&mut buf, e).map_err(std::io::Error::other)?;
+        buf.push(b'\n');
+    }
+    Ok(buf)
+}
+
+fn write_ej(path: &Path, entries: &[EjEntry]) -> std::io::Result<()> {
+    let tmp = path.with_extension("jsonl.tmp");
+    std::fs::write(&tmp, ej_lines(entries)?)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Appends the journal's new entries, then replaces the state file (without
+/// the journal) whole.
+fn persist(shared: &Shared, core: &mut Core) {
+    let Some(path) = &shared.cfg.state_file else {
+        return;
+    };
+    let res = (|| -> std::io::Result<()> {
+        if let Some(new) = core.device.ej.get(core.ej_saved..)
+            && !new.is_empty()
+        {
+            use std::io::Write as _;
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(ej_path(path))?
+                .write_all(&ej_lines(new)?)?;
+        }
+        core.ej_saved = core.device.ej.len();
+        let ej = std::mem::take(&mut core.device.ej);
+        let bytes = serde_json::to_vec(&core.device).map_err(std::io::Error::other);
+        core.device.ej = ej;
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, bytes?)?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = res {
+        tracing::warn!("simulator could not persist its state: {e}");
     }
 }
 
 fn power_cycle(shared: &Shared, core: &mut Core) {
     persist(shared, core);
     if let Some(path) = &shared.cfg.state_file
-        && let Ok(bytes) = std::fs::read(path)
-        && let Ok(dev) = serde_json::from_slice(&bytes)
+        && let Ok(dev) = load(path)
     {
+        core.ej_saved = dev.ej.len();
         core.device = dev;
     }
     core.last = None;
