@@ -16,11 +16,22 @@ use crate::lease::{BeginOptions, Lease, RecoveryPoint};
 use crate::response::StoredResponse;
 
 /// Claims, replays, reports in flight or mismatch, or takes over; mirrors
-/// the in-memory state machine. ARGV: fp, now, lease_until, expires_at, token floor.
+/// the in-memory state machine. ARGV: fp, now, lease_until, expires_at,
+/// token floor, expires_at - now (at least 1).
+///
+/// An absent key (the common case) is claimed first, without converting
+/// numbers or building the takeover closure: the token is the floor and the
+/// record lives until expires_at, as `claim(nil, false)` would write it.
 const BEGIN: &str = r"
 local k = KEYS[1]
-local fp, now, lu, exp, floor = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
+local fp = ARGV[1]
 local r = redis.call('HMGET', k, 'fp', 'tok', 'lu', 'done', 'exp')
+if not r[1] then
+  redis.call('HSET', k, 'fp', fp, 'tok', ARGV[5], 'lu', ARGV[3], 'done', '0', 'exp', ARGV[4])
+  redis.call('PEXPIRE', k, ARGV[6])
+  return {'E', ARGV[5]}
+end
+local now, lu, exp, floor = tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
 local function claim(prev, keep)
   local tok = floor
   if prev and prev + 1 > tok then tok = prev + 1 end
@@ -44,7 +55,6 @@ local function claim(prev, keep)
   redis.call('PEXPIRE', k, string.format('%.0f', px))
   return {'E', t, ph, ps, keep and 1 or 0}
 end
-if not r[1] then return claim(nil, false) end
 if tonumber(r[5]) <= now then return claim(tonumber(r[2]), false) end
 if r[1] ~= fp then return {'M'} end
 if r[4] == '1' then return {'R', redis.call('HGET', k, 'resp')} end
@@ -251,6 +261,7 @@ impl crate::store::IdempotencyStore for RedisIdempotencyStore {
             .arg(lease_until)
             .arg(expires_at)
             .arg(now.max(1))
+            .arg(expires_at.saturating_sub(now).max(1))
             .invoke_async(&mut conn)
             .await
             .map_err(Error::backend)?;
