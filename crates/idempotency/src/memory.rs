@@ -56,6 +56,16 @@ fn find_leased<'m>(
         .map(|(_, r)| r)
 }
 
+fn insert(map: &mut Map, hash: u64, key: Arc<IdempotencyKey>, rec: Record) {
+    match map.entry(hash) {
+        std::collections::hash_map::Entry::Occupied(e) => e.into_mut().push((key, rec)),
+        // Exactly one slot: a growing `Vec` would reserve four records.
+        std::collections::hash_map::Entry::Vacant(e) => {
+            e.insert(vec![(key, rec)]);
+        }
+    }
+}
+
 fn remove(map: &mut Map, hash: u64, key: &IdempotencyKey) {
     if let Some(bucket) = map.get_mut(&hash) {
         bucket.retain(|(k, _)| **k != *key);
@@ -140,13 +150,8 @@ impl crate::store::IdempotencyStore for InMemoryIdempotencyStore {
             match (found, &answer) {
                 (Some(e), _) => e.1 = w,
                 // The lease and the map share one copy of the key.
-                (None, Begin::Execute(lease)) => {
-                    map.entry(hash).or_default().push((lease.key.clone(), w));
-                }
-                (None, _) => map
-                    .entry(hash)
-                    .or_default()
-                    .push((Arc::new(key.clone()), w)),
+                (None, Begin::Execute(lease)) => insert(&mut map, hash, lease.key.clone(), w),
+                (None, _) => insert(&mut map, hash, Arc::new(key.clone()), w),
             }
         }
         Ok(answer)
