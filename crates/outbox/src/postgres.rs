@@ -94,8 +94,9 @@ impl PgOutboxStore {
     }
 
     /// Adds `messages` to the outbox inside the caller's transaction, in one
-    /// multi-row `INSERT`. They become visible to relays when `tx` commits;
-    /// call [`OutboxNotifier::notify`](crate::OutboxNotifier::notify) then.
+    /// `INSERT` (a single-row one for a single message). They become visible
+    /// to relays when `tx` commits; call
+    /// [`OutboxNotifier::notify`](crate::OutboxNotifier::notify) then.
     ///
     /// # Errors
     ///
@@ -114,6 +115,30 @@ impl PgOutboxStore {
             return Ok(());
         }
         let now = self.clock.now_ms();
+        if let [m] = messages {
+            // The common case: one message per business transaction. A plain
+            // `VALUES` row binds scalars, skipping the arrays and the
+            // `UNNEST` function scan of the batch statement.
+            m.validate()?;
+            sqlx::query(
+                "INSERT INTO outbox_messages
+                   (id, exchange, routing_key, partition_key, headers, payload, content_type, available_at, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            )
+            .bind(m.id.as_uuid())
+            .bind(m.destination.exchange.as_str())
+            .bind(m.destination.routing_key.as_str())
+            .bind(m.partition_key.as_deref())
+            .bind(m.headers.to_json()?)
+            .bind(m.payload.as_slice())
+            .bind(m.content_type.as_str())
+            .bind(m.resolve_available_at(now))
+            .bind(now)
+            .execute(&mut **tx)
+            .await
+            .map_err(Error::db)?;
+            return Ok(());
+        }
         let n = messages.len();
         let mut ids = Vec::with_capacity(n);
         let mut exchanges = Vec::with_capacity(n);
