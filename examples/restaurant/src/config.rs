@@ -31,6 +31,19 @@ impl Role {
     }
 }
 
+/// When SQLite makes a commit durable (the server database in the embedded
+/// default, and every agent's database).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum SqliteSync {
+    /// The write-ahead log is synced on every commit: a committed payment
+    /// survives a power failure.
+    Full,
+    /// Synced at checkpoints only: a commit survives the process being
+    /// killed, but the last ones may be lost on a power failure or an
+    /// operating-system crash. About twice the commits per second.
+    Normal,
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum LogFormat {
@@ -135,6 +148,21 @@ pub(crate) struct Config {
     /// How long a printer may stay unreachable before a receipt's saga parks.
     #[arg(long, env = "RESTAURANT_FISCAL_DEADLINE", default_value = "24h", value_parser = parse_duration)]
     pub(crate) fiscal_deadline: Duration,
+
+    /// SQLite durability: `full` (default) or `normal`; see docs/operations.md.
+    #[arg(
+        long,
+        env = "RESTAURANT_SQLITE_SYNC",
+        value_enum,
+        default_value = "full"
+    )]
+    pub(crate) sqlite_sync: SqliteSync,
+
+    /// Connections in the server's SQLite pool (at most 8). With 1, the
+    /// process's writers queue in the pool instead of sleeping in SQLite's
+    /// busy handler.
+    #[arg(long, env = "RESTAURANT_SQLITE_CONNECTIONS", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=8))]
+    pub(crate) sqlite_connections: u32,
 
     /// Time allowed to finish in-flight work on SIGTERM/Ctrl-C.
     #[arg(long, env = "RESTAURANT_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]

@@ -67,12 +67,14 @@ pub(crate) async fn run(config: Config) -> Result<(), BoxError> {
             return Err("--role agent needs --agent-restaurant".into());
         }
         let journal_url = config.agent_database_url();
-        let journal = Db::connect(&journal_url, 4).await.map_err(|e| {
-            format!(
-                "cannot open the agent database {}: {e}",
-                db::redact(&journal_url)
-            )
-        })?;
+        let journal = Db::connect(&journal_url, 4, config.sqlite_sync)
+            .await
+            .map_err(|e| {
+                format!(
+                    "cannot open the agent database {}: {e}",
+                    db::redact(&journal_url)
+                )
+            })?;
         db::migrate::run(&journal, "agent_migrations", db::migrate::AGENT).await?;
         let fiscal = printing::fiscal_journal(&journal).await?;
         let mine: Vec<_> = specs
@@ -110,9 +112,17 @@ pub(crate) async fn run(config: Config) -> Result<(), BoxError> {
     }
 
     let url = config.database_url();
-    let db = Db::connect(&url, 16)
-        .await
-        .map_err(|e| format!("cannot open the database {}: {e}", db::redact(&url)))?;
+    let db = Db::connect(
+        &url,
+        if url.starts_with("sqlite:") {
+            config.sqlite_connections
+        } else {
+            16
+        },
+        config.sqlite_sync,
+    )
+    .await
+    .map_err(|e| format!("cannot open the database {}: {e}", db::redact(&url)))?;
     db.migrate().await?;
     seed(&config, &db).await?;
     let outbox = Outbox::open(&db).await?;

@@ -31,7 +31,11 @@ pub(crate) enum Tx {
 impl Db {
     /// Connects to `url` (`postgres://...` or `sqlite://...`), creating the
     /// SQLite file and its directory when missing.
-    pub(crate) async fn connect(url: &str, max_connections: u32) -> Result<Db, sqlx::Error> {
+    pub(crate) async fn connect(
+        url: &str,
+        max_connections: u32,
+        sync: crate::config::SqliteSync,
+    ) -> Result<Db, sqlx::Error> {
         if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let options = PgConnectOptions::from_str(url)?;
             let pool = PgPoolOptions::new()
@@ -44,7 +48,10 @@ impl Db {
             let options = SqliteConnectOptions::from_str(url)?
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
-                .synchronous(SqliteSynchronous::Full)
+                .synchronous(match sync {
+                    crate::config::SqliteSync::Full => SqliteSynchronous::Full,
+                    crate::config::SqliteSync::Normal => SqliteSynchronous::Normal,
+                })
                 .busy_timeout(Duration::from_secs(10))
                 .foreign_keys(true);
             if let Some(dir) = options.get_filename().parent()
