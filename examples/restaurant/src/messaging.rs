@@ -129,6 +129,8 @@ impl Bus {
             Bus::Amqp(url) => Arc::new(
                 AmqpPublisher::builder(url.clone())
                     .connection_name("restaurant-relay")
+                    // Below the relay's lease (see `Outbox::relay`).
+                    .confirm_timeout(Duration::from_secs(10))
                     .build()?,
             ),
         })
@@ -269,6 +271,10 @@ impl Outbox {
         };
         let relay = Relay::builder(store, bus.publisher()?)
             .mode(counterfoil_outbox::ClaimMode::Ordered)
+            // A relay killed holding a claim delays its printer's messages
+            // (ordered per printer) until the lease ends: keep it short, above
+            // the publisher's 10 s confirm timeout.
+            .lease(Duration::from_secs(15))
             .poll_interval(Duration::from_millis(10), Duration::from_millis(200))
             .build()?;
         Ok(relay.spawn())

@@ -920,8 +920,8 @@ async fn sigterm_shuts_down_gracefully_and_state_survives_a_restart() {
 async fn killed_mid_flow_finishes_after_restart_exactly_once() {
     let dir = temp_dir("kill");
     let mut s = spawn(&dir, &[], &[], true);
-    // Printer offline: payments stop at the receipt (one at a time per
-    // printer: the others wait for it, captured).
+    // Printer offline: payments stop at the receipt (their jobs queued for
+    // the printer, or still waiting to be queued).
     s.printer_faults("demo-1-p1", &json!({ "offline": true }))
         .await;
     let mut ids = Vec::new();
@@ -946,10 +946,12 @@ async fn killed_mid_flow_finishes_after_restart_exactly_once() {
     s.child.kill().unwrap();
     s.child.wait().unwrap();
     drop(s);
-    // A new process (the simulated printer starts online) finishes them.
+    // A new process (the simulated printer starts online) finishes them,
+    // once the killed process's leases (saga and relay claims, 15 s each)
+    // have lapsed.
     let s = spawn(&dir, &[], &[], true);
     for id in &ids {
-        s.wait_payment(KEY1, id, 30, |p| p["status"] == "fiscalized")
+        s.wait_payment(KEY1, id, 60, |p| p["status"] == "fiscalized")
             .await;
     }
     let journal = s.journal("demo-1-p1").await;
