@@ -530,6 +530,7 @@ where
     stale_epoch_is_fenced(make().await).await;
     resource_is_serialized_in_start_order(make().await).await;
     resource_released_while_waiting(make().await).await;
+    released_step_crashing_when_woken_is_reconciled(make().await).await;
     versions_are_pinned(make().await).await;
     operator_actions(make().await).await;
     execute_on_start_runs_at_once(make().await).await;
@@ -986,8 +987,7 @@ pub async fn resource_is_serialized_in_start_order(b: Backend) {
     let h = harness(&b, &def).await;
     let mut ids = Vec::new();
     for k in ["r1", "r2", "r3"] {
-        let mut s = state(k);
-        s.printer = Some("printer-7".into());
+        let s = on_printer(k, "printer-7");
         ids.push(h.start(&def, k, &s).await.expect("start"));
         h.run_until_idle().await.expect("run");
     }
@@ -1022,8 +1022,7 @@ pub async fn resource_released_while_waiting(b: Backend) {
     let h = harness(&b, &def).await;
     let mut ids = Vec::new();
     for k in ["w1", "w2", "w3"] {
-        let mut s = state(k);
-        s.printer = Some("printer-8".into());
+        let s = on_printer(k, "printer-8");
         ids.push(h.start(&def, k, &s).await.expect("start"));
         h.run_until_idle().await.expect("run");
     }
@@ -1047,12 +1046,45 @@ pub async fn resource_released_while_waiting(b: Backend) {
     assert_eq!(world.resource_order("printer-8"), ids);
     assert!(world.violations().is_empty(), "{:?}", world.violations());
     // A fourth saga takes the free resource at once.
-    let mut s = state("w4");
-    s.printer = Some("printer-8".into());
+    let s = on_printer("w4", "printer-8");
     let last = h.start(&def, "w4", &s).await.expect("start");
     h.run_until_idle().await.expect("run");
     assert_eq!(h.status(last).await.expect("status"), Status::Waiting);
     assert_eq!(world.resource_order("printer-8").len(), 4);
+}
+
+/// A step that released its resource and dies while handling its event is reconciled, not
+/// run again, although it holds nothing; it never queues for the resource again.
+pub async fn released_step_crashing_when_woken_is_reconciled(b: Backend) {
+    let (world, rows) = world_and_rows(&b);
+    let def = payment_saga(&world, &rows, true, |s| s.releases = true);
+    let h = harness(&b, &def).await;
+    let id = h
+        .start(&def, "c1", &on_printer("c1", "printer-6"))
+        .await
+        .expect("start");
+    h.run_until_idle().await.expect("run");
+    assert_eq!(h.status(id).await.expect("status"), Status::Waiting);
+    h.crash_at("print", 1, CrashPoint::AfterEffect);
+    h.engine()
+        .deliver(id, "printed", &1)
+        .await
+        .expect("deliver");
+    h.run_until_idle().await.expect("run");
+    assert_eq!(h.crashes().fired().len(), 1);
+    // The dead worker's lease runs out; the next one reconciles.
+    h.advance(Duration::from_secs(30));
+    h.run_until_idle().await.expect("run");
+    assert_eq!(h.status(id).await.expect("status"), Status::Completed);
+    assert_eq!(world.applied(id, "print"), 1);
+    let log = outcomes(&h, id).await;
+    assert!(
+        log.contains(&"print:reconciled_applied".to_owned()),
+        "{log:?}"
+    );
+    assert!(!log.contains(&"print:blocked".to_owned()), "{log:?}");
+    assert_eq!(world.resource_order("printer-6"), vec![id]);
+    assert!(world.violations().is_empty(), "{:?}", world.violations());
 }
 
 /// In-flight sagas finish on the version they started on; an unknown version in the
