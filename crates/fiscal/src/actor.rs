@@ -452,7 +452,12 @@ impl Actor {
             return Err(Error::Conflict(job_id.to_owned()));
         }
         let outcome = match resolution {
-            Resolution::Printed(d) => Outcome::Printed(d),
+            Resolution::Printed(d) => {
+                // Stamped with the device's serials like any printed
+                // document, so a reversal can refer to it.
+                self.read_serials().await;
+                self.stamp(Outcome::Printed(d)).await
+            }
             Resolution::NotPrinted => Outcome::NotPrinted(NotPrinted {
                 code: None,
                 reason: "resolved by a person: not printed".into(),

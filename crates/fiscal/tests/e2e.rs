@@ -705,3 +705,69 @@ async fn the_actor_polls_status_while_idle() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_keypad_document_behind_a_lost_reply_is_unknown_and_a_person_resolves_it_printed() {
+    let sim = sim(Dialect::X).await;
+    let j = Arc::new(InMemoryJournal::new());
+    let h = actor(printer(&sim, Dialect::X), j.clone(), "p1");
+    // The receipt prints and the device freezes before it answers; while
+    // it is frozen, someone moves cash at the keypad.
+    sim.inject(Fault::Hang(CrashPoint::AfterClose));
+    let r = receipt("AB000001-0001-0000001", 2);
+    let first = tokio::spawn({
+        let h = h.clone();
+        let r = r.clone();
+        async move { h.print_receipt("s", r).await }
+    });
+    sim.wait_for(|d| d.ej.iter().any(|e| e.kind == EjKind::Receipt))
+        .await;
+    let receipt_no = sim.state().last_doc_no;
+    let cash_no = sim.cash_at_keypad(Money(500)).unwrap();
+    assert_eq!(cash_no, receipt_no + 1);
+    // The keypad refuses what the device refuses.
+    assert!(sim.cash_at_keypad(Money(-1_000_000)).is_err());
+    // The first attempt gives up on the frozen device (were the device to
+    // wake while the driver still repeats the close frame, the repeat would
+    // fetch the lost reply and settle it).
+    let gave_up = tokio::time::timeout(Duration::from_secs(30), first)
+        .await
+        .expect("the attempt gives up on a frozen device")
+        .unwrap();
+    assert!(gave_up.is_err(), "{gave_up:?}");
+    sim.clear_faults();
+    // Two documents since the baseline: nobody can tell which was ours.
+    let out = h.print_receipt("s", r.clone()).await.unwrap();
+    assert!(matches!(out, Outcome::Unknown(_)), "{out:?}");
+    assert_eq!(h.unknown_jobs().await.unwrap().len(), 1);
+    // A person reads the journal: it printed as `receipt_no`.
+    let doc = counterfoil_fiscal::Document {
+        doc_no: receipt_no,
+        amount: Money(200),
+        at: None,
+        z_no: None,
+        recovered: true,
+        fm_serial: None,
+        serial: None,
+    };
+    let resolved = h
+        .resolve("s", counterfoil_fiscal::Resolution::Printed(doc))
+        .await
+        .unwrap();
+    let Outcome::Printed(d) = &resolved else {
+        panic!("{resolved:?}")
+    };
+    assert_eq!(d.doc_no, receipt_no);
+    // Stamped like any printed document, so a reversal can refer to it.
+    assert!(d.fm_serial.is_some(), "{d:?}");
+    assert!(h.unknown_jobs().await.unwrap().is_empty());
+    // Asked again, the job answers the resolution and prints nothing more.
+    assert_eq!(h.print_receipt("s", r).await.unwrap(), resolved);
+    assert_eq!(ej_count(&sim, "AB000001-0001-0000001"), 1);
+    // A second answer is refused.
+    assert!(matches!(
+        h.resolve("s", counterfoil_fiscal::Resolution::NotPrinted)
+            .await,
+        Err(Error::Conflict(_))
+    ));
+}

@@ -312,6 +312,25 @@ async fn receipt_deadline_parks_and_the_operator_retries() {
         .await;
     assert!(p["reason"].as_str().unwrap().contains("deadline"), "{p}");
     let saga = p["saga_id"].as_str().unwrap().to_owned();
+    // The list filters by the status the API shows: the row still says
+    // `fiscalizing`, the saga parked.
+    let ids = |page: &Value| -> Vec<String> {
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (status, page) = s.get(KEY1, "/v1/payments?status=parked").await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(ids(&page), std::slice::from_ref(&id), "{page}");
+    assert_eq!(page["items"][0]["status"], "parked");
+    let (_, page) = s.get(KEY1, "/v1/payments?status=fiscalizing").await;
+    assert!(!ids(&page).contains(&id), "{page}");
+    // Another restaurant's key never sees it.
+    let (_, page) = s.get(KEY2, "/v1/payments?status=parked").await;
+    assert!(ids(&page).is_empty(), "{page}");
     // Restaurant keys cannot see the operator endpoints.
     let (status, _) = s.get(KEY1, "/v1/operator/sagas").await;
     assert_eq!(status, 403);
@@ -368,6 +387,139 @@ async fn receipt_deadline_parks_and_the_operator_retries() {
     assert_eq!(journal_count(&s.journal("demo-1-p1").await, &id), 1);
     let (_, parked) = s.get(OPERATOR, "/v1/operator/sagas").await;
     assert!(parked.as_array().unwrap().is_empty());
+    let (_, page) = s.get(KEY1, "/v1/payments?status=parked").await;
+    assert!(ids(&page).is_empty(), "{page}");
+}
+
+/// Prints a receipt whose reply never comes while someone moves cash at the
+/// keypad: two documents since the baseline, so nobody can tell which was
+/// the sale's. Returns the payment id and the receipt's number on the device.
+async fn pay_into_an_unknown(s: &Server, idem: &str, amount: i64) -> (String, u64) {
+    s.printer_faults("demo-1-p1", &json!({ "hang_after_close": true }))
+        .await;
+    let printed_before = s.journal("demo-1-p1").await.len();
+    let p = s
+        .pay(KEY1, idem, &order("demo-1", "demo-1-p1", amount))
+        .await;
+    let id = p["id"].as_str().unwrap().to_owned();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let number = loop {
+        let journal = s.journal("demo-1-p1").await;
+        if let Some(e) = journal[printed_before..]
+            .iter()
+            .find(|e| e["kind"] == "receipt")
+        {
+            break e["number"].as_u64().unwrap();
+        }
+        assert!(std::time::Instant::now() < deadline, "never printed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // The agent gave up waiting for the reply (were the device to wake
+    // while the close frame is still being repeated, the repeat would fetch
+    // the lost reply and settle it).
+    loop {
+        let (_, pr) = s.get(KEY1, "/v1/printers/demo-1-p1").await;
+        if pr["online"] == false {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "printer never reported offline: {pr}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    s.printer_faults("demo-1-p1", &json!({ "keypad_cash": 500 }))
+        .await;
+    let p = s
+        .wait_payment(KEY1, &id, 60, |p| p["status"] == "parked")
+        .await;
+    assert!(p["reason"].as_str().unwrap().contains("unknown"), "{p}");
+    (id, number)
+}
+
+#[tokio::test]
+async fn an_operator_answers_unknown_receipts_and_the_payments_resume() {
+    let s = embedded("unknown", &[]);
+    let (id, number) = pay_into_an_unknown(&s, "unk-1", 1700).await;
+    let job = format!("{id}/receipt");
+    // Listed for operators only.
+    assert_eq!(s.get(KEY1, "/v1/operator/print-jobs/unknown").await.0, 403);
+    let (status, list) = s.get(OPERATOR, "/v1/operator/print-jobs/unknown").await;
+    assert_eq!(status, 200, "{list}");
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0]["job"], job.as_str());
+    assert_eq!(list[0]["subject"], id.as_str());
+    assert_eq!(list[0]["printer"], "demo-1-p1");
+    assert!(list[0]["detail"].as_str().unwrap().contains("documents"));
+    // Wrong answers are refused.
+    let resolve = "/v1/operator/print-jobs/resolve";
+    for (body, want) in [
+        (json!({ "job": job, "outcome": "printed" }), 422),
+        (
+            json!({ "job": job, "outcome": "not_printed", "document_number": 3 }),
+            422,
+        ),
+        (json!({ "job": job, "outcome": "maybe" }), 422),
+        (
+            json!({ "job": "nope/receipt", "outcome": "not_printed" }),
+            404,
+        ),
+    ] {
+        let (status, problem) = s.post(OPERATOR, resolve, &body, &[]).await;
+        assert_eq!(status, want, "{body}: {problem}");
+    }
+    // The operator reads the device's journal: the sale printed as `number`.
+    let (status, cmd) = s
+        .post(
+            OPERATOR,
+            resolve,
+            &json!({ "job": job, "outcome": "printed", "document_number": number }),
+            &[("prefer", "wait=10")],
+        )
+        .await;
+    assert_eq!(status, 200, "{cmd}");
+    assert_eq!(cmd["outcome"]["result"], "printed", "{cmd}");
+    // The payment resumes by itself and ends with that receipt.
+    let p = s
+        .wait_payment(KEY1, &id, 30, |p| p["status"] == "fiscalized")
+        .await;
+    assert_eq!(p["receipt"]["number"], number, "{p}");
+    assert_eq!(journal_count(&s.journal("demo-1-p1").await, &id), 1);
+    let (_, list) = s.get(OPERATOR, "/v1/operator/print-jobs/unknown").await;
+    assert!(list.as_array().unwrap().is_empty(), "{list}");
+    let (status, _) = s
+        .post(
+            OPERATOR,
+            resolve,
+            &json!({ "job": job, "outcome": "printed", "document_number": number }),
+            &[],
+        )
+        .await;
+    assert_eq!(status, 409, "answered already");
+
+    // Answered "not printed", the receipt prints again under a new sale key.
+    let (id, number) = pay_into_an_unknown(&s, "unk-2", 1800).await;
+    let (status, cmd) = s
+        .post(
+            OPERATOR,
+            resolve,
+            &json!({ "job": format!("{id}/receipt"), "outcome": "not_printed" }),
+            &[("prefer", "wait=10")],
+        )
+        .await;
+    assert_eq!(status, 200, "{cmd}");
+    let p = s
+        .wait_payment(KEY1, &id, 30, |p| p["status"] == "fiscalized")
+        .await;
+    assert!(p["receipt"]["number"].as_u64().unwrap() > number, "{p}");
+    let journal = s.journal("demo-1-p1").await;
+    let keys: Vec<_> = journal
+        .iter()
+        .filter_map(|e| e["sale_key"].as_str())
+        .filter(|k| k.starts_with(id.as_str()))
+        .collect();
+    assert_eq!(keys, [format!("{id}/receipt.2")], "{journal:?}");
 }
 
 #[tokio::test]

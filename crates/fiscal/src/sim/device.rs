@@ -479,7 +479,7 @@ impl DeviceState {
         }
     }
 
-    fn run(
+    pub(crate) fn run(
         &mut self,
         cmd: u16,
         data: &[u8],

@@ -245,6 +245,28 @@ impl SimHandle {
         core.faults.cover_after = None;
     }
 
+    /// Moves cash at the device's own keypad, as a person at the till
+    /// would: the device prints a cash document outside any connection,
+    /// even while it ignores frames. Returns the document number, or the
+    /// device's refusal (an open receipt, a Z report due, a drawer that
+    /// would go negative).
+    ///
+    /// Tests use it to move the device's counters behind the host's back:
+    /// a job whose reply was lost then cannot be told apart from this
+    /// document, and the host must ask a person.
+    pub fn cash_at_keypad(&self, amount: crate::Money) -> Result<u64, CmdErr> {
+        let mut core = self.core();
+        let now = self.shared.cfg.clock.now_millis();
+        let z_after = i64::try_from(self.shared.cfg.z_after.as_millis()).unwrap_or(i64::MAX);
+        let data = c::cash(core.device.dialect, amount);
+        core.device.run(c::CASH, &data, now, z_after)?;
+        persist(&self.shared, &mut core);
+        let doc = core.device.last_doc_no;
+        drop(core);
+        self.shared.changes.send_modify(|n| *n += 1);
+        Ok(doc)
+    }
+
     /// Simulates a power cycle now: connections drop, the sequence memory
     /// is lost, the state restarts from what was persisted.
     pub fn power_cycle(&self) {

@@ -40,6 +40,7 @@ impl Modify for Security {
         printers::list, printers::get_one, printers::report, printers::cash,
         printers::set_faults, printers::journal,
         operator::list_parked, operator::inspect, operator::retry, operator::resolve,
+        operator::unknown_jobs, operator::resolve_job,
         operator::dead_letters, operator::replay, operator::create_key,
         events::events,
         health::live, health::ready, health::metrics,
@@ -50,7 +51,7 @@ impl Modify for Security {
         (name = "payments", description = "Take, read, list and refund payments"),
         (name = "printers", description = "Fiscal printers: status, reports, cash"),
         (name = "events", description = "Live events over a WebSocket"),
-        (name = "operator", description = "Parked sagas, dead letters, API keys (operator key)"),
+        (name = "operator", description = "Parked sagas, print jobs of unknown outcome, dead letters, API keys (operator key)"),
         (name = "simulators", description = "Simulated printers (operator key)"),
         (name = "health", description = "Probes and metrics"),
     )

@@ -85,6 +85,8 @@ pub(crate) fn router(state: AppState, max_body: usize, idem: Idempotent) -> Rout
         .route("/operator/sagas/{id}", get(operator::inspect))
         .route("/operator/sagas/{id}/retry", post(operator::retry))
         .route("/operator/sagas/{id}/resolve", post(operator::resolve))
+        .route("/operator/print-jobs/unknown", get(operator::unknown_jobs))
+        .route("/operator/print-jobs/resolve", post(operator::resolve_job))
         .route("/operator/dead-letters", get(operator::dead_letters))
         .route("/operator/dead-letters/{id}/replay", post(operator::replay))
         .route(

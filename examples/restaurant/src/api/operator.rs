@@ -1,11 +1,13 @@
-//! Operator endpoints: parked sagas (list, inspect, retry, resolve), dead
-//! letters (list, replay) and API keys. They need the operator key.
+//! Operator endpoints: parked sagas (list, inspect, retry, resolve), print
+//! jobs of unknown outcome (list, answer), dead letters (list, replay) and
+//! API keys. They need the operator key.
 //!
 //! Sagas are addressed by saga id (the `saga_id` of a payment or refund).
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use counterfoil_saga::{ListFilter, Resolution, SagaRecord, Status};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -13,12 +15,15 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::AppState;
-use super::auth::Operator;
+use super::auth::{Caller, Operator};
+use super::printers::{Cmd, send};
 use super::problem::{JsonBody, Problem};
 use crate::domain::{FiscalDocument, PaymentStatus, is_valid_id, now_ms};
 use crate::store::events;
 use crate::store::keys::{self, Principal};
 use crate::store::payments::{self, Change};
+use crate::store::print_jobs::{self, JobResolution, PrintOutcome};
+use crate::telemetry::Trace;
 
 /// A saga as operators see it.
 #[derive(Debug, Serialize, ToSchema)]
@@ -253,6 +258,137 @@ pub(crate) async fn resolve(
     engine.resolve(id, resolution).await?;
     tracing::info!(saga = %id, %step, outcome = ?res.outcome, "operator resolved a parked saga");
     Ok(StatusCode::ACCEPTED)
+}
+
+/// A print job whose outcome nobody could tell: the device's counters moved
+/// in a way that fits more than one story (a document printed at the
+/// keypad while the agent waited for a lost reply, ...). Someone must read
+/// the device's journal and answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct UnknownJob {
+    /// The sale key (answer with it).
+    pub(crate) job: String,
+    /// `receipt`, `reversal`, `cash`, ...
+    pub(crate) kind: String,
+    pub(crate) restaurant: String,
+    pub(crate) printer: String,
+    /// The payment or refund it is for.
+    pub(crate) subject: String,
+    /// Minor units.
+    pub(crate) amount: i64,
+    /// What the agent saw.
+    pub(crate) detail: String,
+}
+
+/// An operator's answer for an unknown print job.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ResolveJob {
+    /// The unknown job's sale key.
+    pub(crate) job: String,
+    /// `printed` (give the document number read on the device) or
+    /// `not_printed` (no document of this sale in the journal).
+    pub(crate) outcome: JobAnswer,
+    /// The document number the sale printed as.
+    pub(crate) document_number: Option<u64>,
+}
+
+/// Whether the unknown job printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum JobAnswer {
+    Printed,
+    NotPrinted,
+}
+
+/// Print jobs waiting for a person: their outcome is unknown.
+#[utoipa::path(get, path = "/v1/operator/print-jobs/unknown", tag = "operator",
+    responses((status = 200, body = Vec<UnknownJob>)), security(("api_key" = [])))]
+pub(crate) async fn unknown_jobs(
+    State(state): State<AppState>,
+    _op: Operator,
+) -> Result<Json<Vec<UnknownJob>>, Problem> {
+    let rows = print_jobs::unknown(&state.db, 500).await?;
+    Ok(Json(
+        rows.into_iter()
+            .map(|r| UnknownJob {
+                detail: match r.outcome {
+                    Some(PrintOutcome::Unknown { detail }) => detail,
+                    _ => String::new(),
+                },
+                job: r.job.key,
+                kind: r.job.kind,
+                restaurant: r.job.restaurant,
+                printer: r.job.printer,
+                subject: r.job.subject,
+                amount: r.job.amount,
+            })
+            .collect(),
+    ))
+}
+
+/// Answer for an unknown print job. The answer travels to the printer's
+/// agent, which records it in its fiscal journal and reports the job's new
+/// outcome; a payment or refund parked on that job then resumes by itself:
+/// `printed` completes it with that document, `not_printed` prints the
+/// receipt again under a new sale key.
+#[utoipa::path(post, path = "/v1/operator/print-jobs/resolve", tag = "operator",
+    request_body = ResolveJob,
+    params(("Prefer" = Option<String>, Header, description = "`wait=N`: wait up to N seconds for the agent")),
+    responses((status = 202, description = "Sent to the agent", body = super::printers::Command),
+              (status = 200, description = "The agent recorded it (with `Prefer: wait`)", body = super::printers::Command),
+              (status = 404, body = Problem, content_type = "application/problem+json"),
+              (status = 409, description = "The job's outcome is not unknown", body = Problem, content_type = "application/problem+json"),
+              (status = 422, body = Problem, content_type = "application/problem+json")),
+    security(("api_key" = [])))]
+pub(crate) async fn resolve_job(
+    State(state): State<AppState>,
+    _op: Operator,
+    caller: Caller,
+    trace: axum::Extension<Trace>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<ResolveJob>,
+) -> Result<Response, Problem> {
+    let row = print_jobs::get(&state.db, &body.job)
+        .await?
+        .ok_or_else(|| Problem::not_found("print job"))?;
+    if !matches!(row.outcome, Some(PrintOutcome::Unknown { .. })) {
+        return Err(Problem::conflict(
+            "this print job's outcome is not unknown: nothing to resolve",
+        ));
+    }
+    let document_number = match (body.outcome, body.document_number) {
+        (JobAnswer::Printed, Some(n)) if n > 0 => Some(n),
+        (JobAnswer::Printed, _) => {
+            return Err(Problem::unprocessable(
+                "document_number is required: read it on the device",
+            ));
+        }
+        (JobAnswer::NotPrinted, None) => None,
+        (JobAnswer::NotPrinted, Some(_)) => {
+            return Err(Problem::unprocessable(
+                "a job that did not print has no document_number",
+            ));
+        }
+    };
+    tracing::info!(job = %row.job.key, outcome = ?body.outcome, "operator answered an unknown print job");
+    send(
+        &state,
+        &caller,
+        &trace,
+        &headers,
+        Cmd {
+            id: &row.job.printer,
+            kind: "resolve",
+            amount: 0,
+            faults: None,
+            resolve: Some(JobResolution {
+                job: row.job.key.clone(),
+                document_number,
+            }),
+        },
+    )
+    .await
 }
 
 /// A message the relay gave up on.

@@ -484,25 +484,81 @@ pub(crate) async fn list(
         None => None,
     };
     let limit = q.limit.unwrap_or(50).clamp(1, 200);
-    let rows = payments::list(
-        &state.db,
-        &restaurant,
-        status,
-        q.before.as_deref(),
-        limit + 1,
-    )
-    .await?;
+    let rows = if status == Some(PaymentStatus::Parked) {
+        parked(&state, &restaurant, q.before.as_deref(), limit + 1).await?
+    } else {
+        payments::list(
+            &state.db,
+            &restaurant,
+            status,
+            q.before.as_deref(),
+            limit + 1,
+        )
+        .await?
+    };
     let more = rows.len() as i64 > limit;
-    let mut items = Vec::new();
-    for p in rows.into_iter().take(limit as usize) {
-        items.push(view(&state, p).await?);
-    }
     let next = if more {
-        items.last().map(|p| p.id.clone())
+        rows.get(limit as usize - 1).map(|p| p.id.clone())
     } else {
         None
     };
+    let mut items = Vec::new();
+    for p in rows.into_iter().take(limit as usize) {
+        let p = view(&state, p).await?;
+        // A payment whose saga parked shows as `parked`, whatever its row
+        // says: it belongs to that filter, not to its row's status.
+        if status.is_none_or(|s| s == p.status) {
+            items.push(p);
+        }
+    }
     Ok(Json(PaymentPage { items, next }))
+}
+
+/// The restaurant's payments whose saga is parked, newest first. The
+/// payment row keeps the step's status (`fiscalizing`, ...): only the saga
+/// engine knows it parked, so the list starts from the parked sagas (few,
+/// and each waiting for a person).
+async fn parked(
+    state: &AppState,
+    restaurant: &str,
+    before: Option<&str>,
+    limit: i64,
+) -> Result<Vec<PaymentRow>, Problem> {
+    const PAGE: u32 = 500;
+    let engine = state.sagas.engine();
+    let mut ids = Vec::new();
+    let mut filter = counterfoil_saga::ListFilter {
+        status: Some(counterfoil_saga::Status::Parked),
+        name: Some("payment".to_owned()),
+        limit: Some(PAGE),
+        ..counterfoil_saga::ListFilter::default()
+    };
+    loop {
+        let page = engine.list(&filter).await?;
+        ids.extend(
+            page.iter()
+                .filter(|r| before.is_none_or(|b| r.key.as_str() < b))
+                .map(|r| r.key.clone()),
+        );
+        match page.last() {
+            Some(last) if page.len() == PAGE as usize => filter.after_seq = Some(last.seq + 1),
+            _ => break,
+        }
+    }
+    // Payment ids are time-ordered: newest first, as the other filters.
+    ids.sort_unstable_by(|a, b| b.cmp(a));
+    let mut rows = Vec::new();
+    for id in ids {
+        if rows.len() as i64 >= limit {
+            break;
+        }
+        if let Some(p) = payments::get(&state.db, Some(restaurant), &id).await?
+            && !p.status.is_final()
+        {
+            rows.push(p);
+        }
+    }
+    Ok(rows)
 }
 
 /// Refund a fiscalized payment: refund at the provider, then a reversal

@@ -16,7 +16,7 @@ use super::AppState;
 use super::auth::{Caller, Operator};
 use super::problem::{JsonBody, Problem};
 use crate::printing::simulated::{JournalEntry, SimFaults};
-use crate::store::print_jobs::{self, PrintJob, PrintOutcome};
+use crate::store::print_jobs::{self, JobResolution, PrintJob, PrintOutcome};
 use crate::store::printers::{self, Printer};
 use crate::telemetry::Trace;
 
@@ -26,7 +26,7 @@ pub(crate) struct Command {
     /// The job id.
     pub(crate) id: String,
     pub(crate) printer: String,
-    /// `x_report`, `z_report`, `cash`, `simulator`.
+    /// `x_report`, `z_report`, `cash`, `simulator`, `resolve`.
     pub(crate) kind: String,
     /// The outcome, once the agent reported it (with `Prefer: wait=N`).
     pub(crate) outcome: Option<serde_json::Value>,
@@ -68,14 +68,20 @@ pub(crate) async fn get_one(
 }
 
 /// What to send to a printer.
-struct Cmd<'a> {
-    id: &'a str,
-    kind: &'a str,
-    amount: i64,
-    faults: Option<serde_json::Value>,
+pub(crate) struct Cmd<'a> {
+    /// The printer id.
+    pub(crate) id: &'a str,
+    /// The job kind.
+    pub(crate) kind: &'a str,
+    pub(crate) amount: i64,
+    pub(crate) faults: Option<serde_json::Value>,
+    pub(crate) resolve: Option<JobResolution>,
 }
 
-async fn send(
+/// Queues a command for the printer's agent (with an `Idempotency-Key`, a
+/// retried command runs once); with `Prefer: wait=N`, waits up to N
+/// seconds for its outcome.
+pub(crate) async fn send(
     state: &AppState,
     caller: &Caller,
     trace: &Trace,
@@ -87,6 +93,7 @@ async fn send(
         kind,
         amount,
         faults,
+        resolve,
     } = cmd;
     let printer = printers::get(&state.db, caller.restaurant(), id)
         .await?
@@ -112,6 +119,7 @@ async fn send(
         currency: String::new(),
         original: None,
         faults,
+        resolve,
         traceparent: Some(trace.traceparent.clone()),
         correlation_id: Some(trace.correlation_id.clone()),
     };
@@ -195,6 +203,7 @@ pub(crate) async fn report(
             kind,
             amount: 0,
             faults: None,
+            resolve: None,
         },
     )
     .await
@@ -230,6 +239,7 @@ pub(crate) async fn cash(
             kind: "cash",
             amount: body.amount,
             faults: None,
+            resolve: None,
         },
     )
     .await
@@ -261,6 +271,7 @@ pub(crate) async fn set_faults(
             kind: "simulator",
             amount: 0,
             faults: Some(faults),
+            resolve: None,
         },
     )
     .await

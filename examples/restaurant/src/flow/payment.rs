@@ -380,9 +380,12 @@ impl Step<PaymentSaga> for Fiscalize {
                     // Still queued behind the printer: wait for that one,
                     // never queue a second receipt for the same sale.
                     print::Previous::Queued(key) => key,
-                    print::Previous::None => {
-                        print::sale_key(&s.payment_id, "receipt", cx.attempt())
-                    }
+                    print::Previous::None => print::sale_key(
+                        &s.payment_id,
+                        "receipt",
+                        cx.attempt(),
+                        s.sale_key.as_deref(),
+                    ),
                 };
                 cx.state_mut().sale_key = Some(key.clone());
                 let job = PrintJob {
@@ -396,6 +399,7 @@ impl Step<PaymentSaga> for Fiscalize {
                     currency: s.currency.clone(),
                     original: None,
                     faults: None,
+                    resolve: None,
                     traceparent: s.traceparent.clone(),
                     correlation_id: s.correlation_id.clone(),
                 };

@@ -13,13 +13,23 @@ pub(super) const EVENTS: [&str; 3] = ["receipt.printed", "receipt.not_printed", 
 
 /// The sale key of a document: `{id}/receipt` on the first attempt, then
 /// `{id}/receipt.2`, ... when the step runs again after "not printed", so
-/// the printer can tell a new sale from a retry of the same one.
-pub(super) fn sale_key(id: &str, doc: &str, attempt: u32) -> String {
-    if attempt <= 1 {
-        format!("{id}/{doc}")
-    } else {
-        format!("{id}/{doc}.{attempt}")
-    }
+/// the printer can tell a new sale from a retry of the same one. Never at
+/// or below `last`, the key an earlier attempt used (an operator's retry
+/// starts the attempts again).
+pub(super) fn sale_key(id: &str, doc: &str, attempt: u32, last: Option<&str>) -> String {
+    let base = format!("{id}/{doc}");
+    let after = last.and_then(|k| {
+        if k == base {
+            Some(1)
+        } else {
+            k.strip_prefix(base.as_str())?
+                .strip_prefix('.')?
+                .parse::<u32>()
+                .ok()
+        }
+    });
+    let n = attempt.max(after.map_or(0, |n| n.saturating_add(1)));
+    if n <= 1 { base } else { format!("{base}.{n}") }
 }
 
 /// What became of the job an earlier attempt of this step queued.
@@ -96,8 +106,10 @@ pub(super) fn decide(outcome: PrintOutcome) -> Result<FiscalDocument, StepError>
 }
 
 /// Reconciles a print step from the job's recorded outcome: printed is
-/// applied; anything else needs a person (the job may still be queued
-/// behind an unreachable printer).
+/// applied; not printed (the device refused it, or a person answered so
+/// for an unknown job) is not, and the step runs again under a new sale
+/// key; anything else needs a person (the job may still be queued behind
+/// an unreachable printer, or nobody can tell whether it printed).
 pub(super) async fn reconcile(
     deps: &Deps,
     key: Option<&str>,
@@ -110,6 +122,37 @@ pub(super) async fn reconcile(
         .and_then(|j| j.outcome)
     {
         Some(PrintOutcome::Printed { document }) => Ok((Resolution::Applied, Some(document))),
+        Some(PrintOutcome::NotPrinted { .. }) => Ok((Resolution::NotApplied, None)),
         _ => Ok((Resolution::Unknown, None)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sale_key;
+
+    #[test]
+    fn sale_keys_count_up_and_never_repeat() {
+        assert_eq!(sale_key("p", "receipt", 0, None), "p/receipt");
+        assert_eq!(sale_key("p", "receipt", 1, None), "p/receipt");
+        assert_eq!(sale_key("p", "receipt", 3, None), "p/receipt.3");
+        // Attempts counted again from one after an earlier key.
+        assert_eq!(
+            sale_key("p", "receipt", 1, Some("p/receipt")),
+            "p/receipt.2"
+        );
+        assert_eq!(
+            sale_key("p", "receipt", 1, Some("p/receipt.4")),
+            "p/receipt.5"
+        );
+        assert_eq!(
+            sale_key("p", "receipt", 7, Some("p/receipt.4")),
+            "p/receipt.7"
+        );
+        // A key of another document does not count.
+        assert_eq!(
+            sale_key("p", "receipt", 1, Some("q/receipt.4")),
+            "p/receipt"
+        );
     }
 }

@@ -233,9 +233,12 @@ impl Step<RefundSaga> for Reverse {
                         return Ok(StepOutcome::Done);
                     }
                     print::Previous::Queued(key) => key,
-                    print::Previous::None => {
-                        print::sale_key(&s.refund_id, "reversal", cx.attempt())
-                    }
+                    print::Previous::None => print::sale_key(
+                        &s.refund_id,
+                        "reversal",
+                        cx.attempt(),
+                        s.sale_key.as_deref(),
+                    ),
                 };
                 cx.state_mut().sale_key = Some(key.clone());
                 let job = PrintJob {
@@ -249,6 +252,7 @@ impl Step<RefundSaga> for Reverse {
                     currency: s.currency.clone(),
                     original: Some(s.original.clone()),
                     faults: None,
+                    resolve: None,
                     traceparent: s.traceparent.clone(),
                     correlation_id: s.correlation_id.clone(),
                 };

@@ -66,9 +66,19 @@ impl Results {
         outcome: &PrintOutcome,
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         let mut tx = self.db.begin().await?;
-        if self.first_time(&mut tx, msg).await?
-            && let Some(row) = print_jobs::complete(&mut tx, key, outcome).await?
-            && row.job.kind != "simulator"
+        let mut recorded = None;
+        if self.first_time(&mut tx, msg).await? {
+            recorded = match print_jobs::complete(&mut tx, key, outcome).await? {
+                Some(row) => Some((row, false)),
+                // A person's answer for a job that ended unknown.
+                None => print_jobs::settle_unknown(&mut tx, key, outcome)
+                    .await?
+                    .map(|row| (row, true)),
+            };
+        }
+        let resolved = recorded.as_ref().is_some_and(|(_, resolved)| *resolved);
+        if let Some((row, resolved)) = &recorded
+            && !matches!(row.job.kind.as_str(), "simulator" | "resolve")
         {
             let job = &row.job;
             let (result, document) = match outcome {
@@ -81,7 +91,8 @@ impl Results {
             } else {
                 format!("{}.{result}", job.kind)
             };
-            let data = json!({ "job": job.key, "kind": job.kind, "printer": job.printer, "document": document, "outcome": outcome });
+            let by = if *resolved { "operator" } else { "agent" };
+            let data = json!({ "job": job.key, "kind": job.kind, "printer": job.printer, "document": document, "outcome": outcome, "by": by });
             events::append(&mut tx, &job.restaurant, &kind, &job.subject, &data).await?;
         }
         tx.commit().await?;
@@ -97,7 +108,17 @@ impl Results {
                 PrintOutcome::NotPrinted { .. } => "receipt.not_printed",
                 PrintOutcome::Unknown { .. } => "receipt.unknown",
             };
-            self.sagas.engine().deliver(saga, event, outcome).await?;
+            let engine = self.sagas.engine();
+            engine.deliver(saga, event, outcome).await?;
+            // The saga parked on the unknown job: it resumes now, and its
+            // step reconciles from the answer. (Were this lost to a crash,
+            // the operator's retry of the saga does the same.)
+            if resolved && engine.get(saga).await?.status == counterfoil_saga::Status::Parked {
+                match engine.retry_now(saga).await {
+                    Ok(()) | Err(counterfoil_saga::Error::InvalidState { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
         }
         Ok(())
     }

@@ -45,12 +45,39 @@ impl Finisher {
         job: &crate::store::print_jobs::PrintJob,
         outcome: &PrintOutcome,
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        self.record(job, outcome, journal::Replacing::Nothing).await
+    }
+
+    /// A person's answer for a job that ended unknown: the journal's
+    /// outcome replaced and the new one reported, in one transaction.
+    pub(crate) async fn resolve(
+        &self,
+        job: &crate::store::print_jobs::PrintJob,
+        outcome: &PrintOutcome,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        self.record(job, outcome, journal::Replacing::Unknown).await
+    }
+
+    async fn record(
+        &self,
+        job: &crate::store::print_jobs::PrintJob,
+        outcome: &PrintOutcome,
+        replacing: journal::Replacing,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         let report = crate::messaging::ResultMessage::Outcome {
             key: job.key.clone(),
             outcome: outcome.clone(),
         };
         let message = self.names.result(&job.printer, &report)?;
-        journal::finish(&self.journal, &self.outbox, message, &job.key, outcome).await
+        journal::finish(
+            &self.journal,
+            &self.outbox,
+            message,
+            &job.key,
+            outcome,
+            replacing,
+        )
+        .await
     }
 }
 

@@ -54,6 +54,15 @@ pub(crate) async fn intent(
     }
 }
 
+/// Which recorded outcome a report may replace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Replacing {
+    /// None: the job's first outcome.
+    Nothing,
+    /// `unknown`: a person's answer for the job.
+    Unknown,
+}
+
 /// Records the outcome (once), marks the job done, and enqueues the report
 /// to the cloud in the agent's outbox: one transaction.
 pub(crate) async fn finish(
@@ -62,18 +71,26 @@ pub(crate) async fn finish(
     report: counterfoil_outbox::OutboxMessage,
     key: &str,
     outcome: &PrintOutcome,
+    replacing: Replacing,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let text = serde_json::to_string(outcome)?;
+    let sql = match replacing {
+        Replacing::Nothing => {
+            "UPDATE agent_journal SET outcome = $2, outcome_at = $3 WHERE sale_key = $1 AND outcome IS NULL"
+        }
+        Replacing::Unknown => {
+            "UPDATE agent_journal SET outcome = $2, outcome_at = $3 WHERE sale_key = $1 \
+             AND outcome LIKE '{\"result\":\"unknown\"%'"
+        }
+    };
     let mut tx = db.begin().await?;
     let n = on_tx!(&mut tx, |e| {
-        sqlx::query(
-        "UPDATE agent_journal SET outcome = $2, outcome_at = $3 WHERE sale_key = $1 AND outcome IS NULL"
-    )
-    .bind(key)
-    .bind(&text)
-    .bind(now_ms())
-    .execute(e)
-    .map_ok(|r| r.rows_affected())
+        sqlx::query(sql)
+            .bind(key)
+            .bind(&text)
+            .bind(now_ms())
+            .execute(e)
+            .map_ok(|r| r.rows_affected())
     })?;
     on_tx!(&mut tx, |e| sqlx::query(
         "UPDATE agent_jobs SET done = 1 WHERE sale_key = $1"
@@ -109,6 +126,17 @@ pub(crate) async fn receive(
     .map_ok(|r| r.rows_affected())
     })?;
     Ok(n == 1)
+}
+
+/// A job received from the cloud, by sale key.
+pub(crate) async fn received(db: &Db, key: &str) -> Result<Option<PrintJob>, sqlx::Error> {
+    let row: Option<(String,)> = on_db!(db, |e| sqlx::query_as(
+        "SELECT payload FROM agent_jobs WHERE sale_key = $1"
+    )
+    .bind(key)
+    .fetch_optional(e))?;
+    row.map(|(p,)| crate::store::json_col("payload", &p))
+        .transpose()
 }
 
 /// Jobs not done yet, oldest first.

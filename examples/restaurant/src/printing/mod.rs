@@ -257,6 +257,13 @@ async fn dispatch(
         record_and_finish(agent, finisher, &saga_id, &job, done(detail.into())).await;
         return;
     }
+    if job.kind == "resolve" {
+        // A person's answer for an unknown job: it too skips the queue, as
+        // the printer may be busy with the jobs behind it.
+        let outcome = resolve_unknown(agent, ps, finisher, &job).await;
+        record_and_finish(agent, finisher, &saga_id, &job, outcome).await;
+        return;
+    }
     match ps.devices.get(&job.printer) {
         Some(dev) => {
             dev.submit(JobRow {
@@ -270,6 +277,79 @@ async fn dispatch(
             record_and_finish(agent, finisher, &saga_id, &job, done(detail)).await;
         }
     }
+}
+
+/// Records a person's answer for an unknown job in the fiscal journal
+/// (through the printer's actor) and in the agent's journal, and reports
+/// the job's new outcome. The command's own outcome says what the job
+/// became. Answering again reports the recorded answer again.
+async fn resolve_unknown(
+    agent: &Agent,
+    ps: &Printers,
+    finisher: &Finisher,
+    cmd: &PrintJob,
+) -> PrintOutcome {
+    use counterfoil_fiscal::{Document, Error, JobState, Money, Outcome, Resolution};
+    let refused = |detail: &str| PrintOutcome::NotPrinted {
+        detail: detail.to_owned(),
+    };
+    let Some(answer) = &cmd.resolve else {
+        return refused("a resolve command without an answer");
+    };
+    let Some((handle, _, _)) = ps.health.get(&cmd.printer) else {
+        return refused("the printer is not attached to this agent");
+    };
+    let job = match journal::received(&agent.journal, &answer.job).await {
+        Ok(Some(job)) if job.printer == cmd.printer => job,
+        Ok(_) => return refused("this printer's agent never received that job"),
+        Err(e) => {
+            tracing::warn!(job = %answer.job, error = %e, "cannot read the job to resolve");
+            return refused("the agent could not read its journal; send the answer again");
+        }
+    };
+    let resolution = match answer.document_number {
+        Some(doc_no) => Resolution::Printed(Document {
+            doc_no,
+            amount: Money(job.amount.abs()),
+            at: None,
+            z_no: None,
+            recovered: true,
+            fm_serial: None,
+            serial: None,
+        }),
+        None => Resolution::NotPrinted,
+    };
+    let settled = match handle.resolve(&job.key, resolution).await {
+        Ok(outcome) => outcome,
+        // Answered before (the report may not have been recorded): report
+        // what the fiscal journal holds.
+        Err(Error::Conflict(_)) => match handle.job(&job.key).await {
+            Ok(Some(rec)) if matches!(rec.state, JobState::Printed | JobState::NotPrinted) => {
+                match rec.outcome {
+                    Some(o) => o,
+                    None => return refused("the fiscal journal has no outcome for the job"),
+                }
+            }
+            _ => return refused("the job is not waiting for an answer"),
+        },
+        Err(e) => {
+            tracing::warn!(job = %job.key, error = %e, "cannot resolve the job");
+            return refused("the printer's actor could not record the answer; send it again");
+        }
+    };
+    let outcome = match settled {
+        Outcome::Printed(d) => PrintOutcome::Printed {
+            document: fiscal::document(&job.printer, &job.kind, &d),
+        },
+        Outcome::NotPrinted(np) => PrintOutcome::NotPrinted { detail: np.reason },
+        Outcome::Unknown(e) => return refused(&format!("still unknown: {}", e.note)),
+    };
+    if let Err(e) = finisher.resolve(&job, &outcome).await {
+        tracing::warn!(job = %job.key, error = %e, "cannot record the answer");
+        return refused("the agent could not record the answer; send it again");
+    }
+    tracing::info!(job = %job.key, "a person's answer for an unknown job recorded");
+    outcome
 }
 
 async fn record_and_finish(

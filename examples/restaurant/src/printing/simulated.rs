@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use counterfoil_fiscal::sim::{EjKind, Fault, SimConfig, SimHandle, Simulator};
-use counterfoil_fiscal::{Dialect, JobState, Journal};
+use counterfoil_fiscal::sim::{CrashPoint, EjKind, Fault, SimConfig, SimHandle, Simulator};
+use counterfoil_fiscal::{Dialect, JobState, Journal, Money};
 use serde::{Deserialize, Serialize};
 
 /// Faults to set on a simulated printer: each request sets all of them.
@@ -24,6 +24,15 @@ pub(crate) struct SimFaults {
     /// Execute the next N frames and drop their replies (a document
     /// printed whose answer never arrives).
     pub(crate) lose_reply_next: u32,
+    /// Print the next receipt, then freeze before answering, until the
+    /// faults are set again.
+    #[serde(default)]
+    pub(crate) hang_after_close: bool,
+    /// Before the faults are set: move this much cash (minor units,
+    /// positive in) at the device's keypad, as a person at the till would,
+    /// outside the agent. 0: none.
+    #[serde(default)]
+    pub(crate) keypad_cash: i64,
 }
 
 /// One document in the simulated device's electronic journal.
@@ -98,6 +107,16 @@ impl SimPrinter {
 
     /// Sets the faults.
     pub(crate) fn set_faults(&self, f: &SimFaults) {
+        if f.keypad_cash != 0 {
+            match self.device.cash_at_keypad(Money(f.keypad_cash)) {
+                Ok(n) => {
+                    tracing::info!(printer = %self.id, document = n, "cash moved at the keypad")
+                }
+                Err(e) => {
+                    tracing::warn!(printer = %self.id, error = ?e, "the keypad refused the cash move")
+                }
+            }
+        }
         self.device.clear_faults();
         if f.offline {
             self.device.inject(Fault::Silent(FOREVER));
@@ -112,6 +131,9 @@ impl SimPrinter {
             }
         } else {
             self.device.refill_paper();
+        }
+        if f.hang_after_close {
+            self.device.inject(Fault::Hang(CrashPoint::AfterClose));
         }
         if f.lose_reply_next > 0 {
             self.device

@@ -30,8 +30,22 @@ pub(crate) struct PrintJob {
     /// For `simulator` jobs: the faults to set.
     #[serde(default)]
     pub(crate) faults: Option<serde_json::Value>,
+    /// For `resolve` jobs: a person's answer for a job the agent reported
+    /// as unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) resolve: Option<JobResolution>,
     pub(crate) traceparent: Option<String>,
     pub(crate) correlation_id: Option<String>,
+}
+
+/// A person's answer for a job whose outcome is unknown, after reading the
+/// device's journal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct JobResolution {
+    /// The unknown job's sale key.
+    pub(crate) job: String,
+    /// The number of the document it printed as; `None`: it did not print.
+    pub(crate) document_number: Option<u64>,
 }
 
 /// How a print job ended, as the agent reports it.
@@ -119,6 +133,52 @@ pub(crate) async fn complete(
         .fetch_optional(e)
         .await?;
         row.as_ref().map(decode).transpose()
+    })
+}
+
+/// The outcome column of a job that ended unknown (the tag is serialized
+/// first).
+const UNKNOWN: &str = r#"{"result":"unknown"%"#;
+
+/// Replaces an `unknown` outcome with a person's answer, as the agent
+/// reports it. Returns the job when this call recorded it.
+pub(crate) async fn settle_unknown(
+    tx: &mut impl AsConn,
+    key: &str,
+    outcome: &PrintOutcome,
+) -> Result<Option<JobRow>, sqlx::Error> {
+    if matches!(outcome, PrintOutcome::Unknown { .. }) {
+        return Ok(None);
+    }
+    let text = serde_json::to_string(outcome).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    on_tx!(tx, |e| async move {
+        let row = sqlx::query(
+            "UPDATE app_print_jobs SET outcome = $2, updated_at = $3 \
+             WHERE id = $1 AND status = 'done' AND outcome LIKE $4 RETURNING saga_id, payload, outcome",
+        )
+        .bind(key)
+        .bind(&text)
+        .bind(now_ms())
+        .bind(UNKNOWN)
+        .fetch_optional(e)
+        .await?;
+        row.as_ref().map(decode).transpose()
+    })
+}
+
+/// Jobs whose outcome nobody could tell, oldest first: each waits for a
+/// person to read the device's journal.
+pub(crate) async fn unknown(db: &Db, limit: i64) -> Result<Vec<JobRow>, sqlx::Error> {
+    on_db!(db, |e| async {
+        let rows = sqlx::query(
+            "SELECT saga_id, payload, outcome FROM app_print_jobs \
+             WHERE status = 'done' AND outcome LIKE $1 ORDER BY updated_at LIMIT $2",
+        )
+        .bind(UNKNOWN)
+        .bind(limit)
+        .fetch_all(e)
+        .await?;
+        rows.iter().map(decode).collect::<Result<Vec<_>, _>>()
     })
 }
 
