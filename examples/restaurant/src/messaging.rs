@@ -156,7 +156,12 @@ impl Bus {
                 let consumer = AmqpConsumer::builder(url.clone(), topology, handler)
                     .concurrency(4)
                     .build()?;
-                consumer.declare().await?;
+                // The consumer declares its queue each time it connects: a
+                // broker out of reach at start-up (an agent booting while the
+                // shop's line is down) delays it, and never stops it.
+                if let Err(e) = consumer.declare().await {
+                    tracing::warn!(%queue, error = %e, "broker out of reach; consuming once it answers");
+                }
                 Ok(Some(consumer.spawn()))
             }
         }

@@ -70,7 +70,15 @@ async fn separate_roles_on_postgres_finish_every_payment_exactly_once() {
     let agent_db = |r: &str| format!("sqlite://{}/agent-{r}.sqlite", dir.display());
     let (a1, a2) = (agent_db("demo-1"), agent_db("demo-2"));
     let (a1, a2) = (a1.as_str(), a2.as_str());
-    let mut agent1 = spawn(&dir, &agent_args("demo-1", a1), &env, false);
+    // demo-1's agent reaches the broker through the shop's line, which the
+    // test can cut.
+    let line = Line::to_broker(&amqp);
+    let agent1_env = [
+        ("DATABASE_URL", db.as_str()),
+        ("AMQP_URL", line.url.as_str()),
+        ("AMQP_PREFIX", prefix.as_str()),
+    ];
+    let mut agent1 = spawn(&dir, &agent_args("demo-1", a1), &agent1_env, false);
     let _agent2 = spawn(&dir, &agent_args("demo-2", a2), &env, false);
 
     // Payments from both restaurants, each sent twice with the same key.
@@ -101,10 +109,18 @@ async fn separate_roles_on_postgres_finish_every_payment_exactly_once() {
             saga1.child.wait().unwrap();
         }
         if i == 14 {
-            // The on-site agent of demo-1 restarts.
+            // The on-site agent of demo-1 restarts while the shop's line
+            // is down: it starts anyway, and consumes once the line is back.
             agent1.child.kill().unwrap();
             agent1.child.wait().unwrap();
-            agent1 = spawn(&dir, &agent_args("demo-1", a1), &env, false);
+            line.set_up(false);
+            agent1 = spawn(&dir, &agent_args("demo-1", a1), &agent1_env, false);
+            wait_for_log(&dir, "broker out of reach").await;
+            assert!(
+                agent1.child.try_wait().unwrap().is_none(),
+                "the agent exited without its broker"
+            );
+            line.set_up(true);
         }
     }
     for (id, key) in &ids {
@@ -175,6 +191,78 @@ async fn separate_roles_on_postgres_finish_every_payment_exactly_once() {
     assert_eq!(serve.get(KEY2, &format!("/v1/payments/{id1}")).await.0, 404);
     drop(agent1);
     delete_topology(&amqp, &prefix).await;
+}
+
+/// A TCP line to the broker that can be cut: while down, connections are
+/// accepted and dropped at once.
+struct Line {
+    url: String,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Line {
+    fn to_broker(amqp: &str) -> Line {
+        use std::sync::atomic::Ordering;
+        // amqp://user:pass@host:port/vhost
+        let after_at = amqp.rsplit_once('@').map_or(amqp, |(_, h)| h);
+        let target = after_at.split('/').next().unwrap().to_owned();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let url = amqp.replacen(&target, &addr.to_string(), 1);
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let flag = up.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                listener.set_nonblocking(true).unwrap();
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                loop {
+                    let Ok((mut inbound, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    if !flag.load(Ordering::SeqCst) {
+                        drop(inbound);
+                        continue;
+                    }
+                    let target = target.clone();
+                    tokio::spawn(async move {
+                        if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                            let _ =
+                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        }
+                    });
+                }
+            });
+        });
+        Line { url, up }
+    }
+
+    fn set_up(&self, up: bool) {
+        self.up.store(up, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Waits until a process's log under `dir` contains `needle`.
+async fn wait_for_log(dir: &std::path::Path, needle: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            let name = entry.file_name();
+            if name.to_string_lossy().starts_with("stderr-")
+                && std::fs::read_to_string(entry.path()).is_ok_and(|t| t.contains(needle))
+            {
+                return;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no process logged {needle:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 /// Deletes this run's queues and exchanges.
