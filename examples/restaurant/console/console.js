@@ -127,6 +127,36 @@ async function loadParked() {
   }
 }
 
+async function loadUnknown() {
+  try {
+    const list = await api("GET", "/v1/operator/print-jobs/unknown");
+    $("unknown").hidden = list.length === 0;
+    $("unknown-rows").innerHTML = list.map((j) =>
+      `<tr><td><code>${esc(j.job)}</code></td><td>${esc(j.printer)}</td><td>${esc(j.amount)}</td><td>${esc(j.detail)}</td>` +
+      `<td><button data-job="${esc(j.job)}" data-act="printed">Printed as…</button> ` +
+      `<button data-job="${esc(j.job)}" data-act="not_printed">Not printed</button></td></tr>`).join("");
+    $("unknown-rows").querySelectorAll("button").forEach((b) => b.addEventListener("click", () => unknownAction(b.dataset.job, b.dataset.act)));
+  } catch (e) {
+    $("unknown").hidden = true;
+  }
+}
+
+async function unknownAction(job, act) {
+  try {
+    const body = { job, outcome: act };
+    if (act === "printed") {
+      const n = prompt("Document number of this sale, read in the device's journal");
+      if (!n) return;
+      body.document_number = Number(n);
+    }
+    await api("POST", "/v1/operator/print-jobs/resolve", body);
+    await loadUnknown();
+    await loadParked();
+  } catch (e) {
+    alert(e.message);
+  }
+}
+
 async function parkedAction(id, act) {
   try {
     if (act === "retry") {
@@ -155,7 +185,10 @@ function onEvent(e) {
     const p = Object.assign({}, state.printers[e.subject] || { id: e.subject }, e.data);
     printerRow(p);
   }
-  if (e.kind === "payment.parked" || e.kind === "refund.parked") loadParked();
+  if (e.kind === "payment.parked" || e.kind === "refund.parked") {
+    loadParked();
+    loadUnknown();
+  }
 }
 
 function connect() {
@@ -194,6 +227,7 @@ async function start() {
     return;
   }
   loadParked();
+  loadUnknown();
   if (state.ws) { const old = state.ws; state.ws = null; old.close(); }
   connect();
 }
