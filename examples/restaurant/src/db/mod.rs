@@ -193,7 +193,38 @@ pub(crate) use {on_db, on_tx};
 
 #[cfg(test)]
 mod tests {
-    use super::redact;
+    use super::{Db, redact};
+    use crate::config::SqliteSync;
+
+    /// `--sqlite-sync` and `--sqlite-connections` reach SQLite.
+    #[tokio::test]
+    async fn sqlite_settings_reach_the_database() {
+        let dir = std::env::temp_dir().join(format!("restaurant-db-{}", uuid::Uuid::new_v4()));
+        let url = format!("sqlite://{}/x.sqlite", dir.display());
+        for (sync, want_sync, connections, want_pool) in [
+            (SqliteSync::Full, 2, 3, 3),
+            (SqliteSync::Normal, 1, 1, 1),
+            // At most 8: SQLite has one writer.
+            (SqliteSync::Normal, 1, 64, 8),
+        ] {
+            let Db::Sqlite(pool) = Db::connect(&url, connections, sync).await.unwrap() else {
+                panic!("not SQLite");
+            };
+            let (mode,): (i64,) = sqlx::query_as("PRAGMA synchronous")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            assert_eq!(mode, want_sync, "{sync:?}");
+            let (journal,): (String,) = sqlx::query_as("PRAGMA journal_mode")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            assert_eq!(journal, "wal");
+            assert_eq!(pool.options().get_max_connections(), want_pool);
+            pool.close().await;
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
 
     #[test]
     fn passwords_are_redacted() {
