@@ -344,6 +344,85 @@ pub async fn lease_expiry_takeover_and_fencing(b: &dyn Backend) {
     b.cleanup(&ns).await;
 }
 
+/// `renew` (the heartbeat) extends the lease past its first expiry and keeps
+/// the recovery point; once the holder stops renewing, a retry takes over,
+/// and the stale holder's renewal is fenced and does not extend the new
+/// holder; a completed key cannot be renewed.
+pub async fn renew_extends_lease_and_is_fenced(b: &dyn Backend) {
+    let clock = ManualClock::new(START);
+    let Some((store, ns)) = open(b, "renew", &clock).await else {
+        return;
+    };
+    let k = key("renew");
+    let fp = Fingerprint::of_bytes(b"renew");
+    let in_flight = |b: Begin| match b {
+        Begin::InFlight { retry_after } => retry_after,
+        other => panic!("expected InFlight, got {other:?}"),
+    };
+    let s = |secs: u64| Duration::from_secs(secs);
+    let mut first = execute(store.begin(&k, &fp, &opts(10)).await.expect("begin"));
+    clock.advance(s(2));
+    let point = RecoveryPoint::new("charge_created", b"ch_7".to_vec());
+    store
+        .checkpoint(&mut first, &point)
+        .await
+        .expect("checkpoint");
+    // t = 8 s: renew to 18 s; the lease keeps the recovery point.
+    clock.advance(s(6));
+    store.renew(&mut first).await.expect("renew");
+    assert_eq!(first.expires_at_ms(), START + 18_000);
+    assert_eq!(first.recovery_point(), Some(&point));
+    // t = 15 s, past the expiry of 12 s before the renewal: still in flight.
+    clock.advance(s(7));
+    let wait = in_flight(store.begin(&k, &fp, &opts(10)).await.expect("begin"));
+    assert!(
+        wait <= s(3) && wait > Duration::ZERO,
+        "retry after {wait:?}"
+    );
+    // t = 20 s: the lease ran out but nobody took over, so renewing still works.
+    clock.advance(s(5));
+    store.renew(&mut first).await.expect("renew after expiry");
+    assert_eq!(first.expires_at_ms(), START + 30_000);
+    in_flight(store.begin(&k, &fp, &opts(10)).await.expect("begin"));
+    // t = 31 s: the holder stopped renewing; a retry takes over and resumes
+    // from the recovery point that the renewals kept.
+    clock.advance(s(11));
+    let second = execute(store.begin(&k, &fp, &opts(10)).await.expect("begin"));
+    assert!(second.is_takeover());
+    assert!(second.token() > first.token());
+    assert_eq!(second.recovery_point(), Some(&point));
+    // t = 36 s: the stale holder's renewal is fenced and changes nothing.
+    clock.advance(s(5));
+    assert!(matches!(
+        store.renew(&mut first).await,
+        Err(Error::LeaseLost)
+    ));
+    assert_eq!(first.expires_at_ms(), START + 30_000);
+    // t = 41 s: the new holder's lease ran out when it would have without the
+    // stale renewal (which would have extended it to 46 s): a third taker wins.
+    clock.advance(s(5));
+    let mut third = execute(store.begin(&k, &fp, &opts(10)).await.expect("begin"));
+    assert!(third.token() > second.token());
+    assert_eq!(third.recovery_point(), Some(&point));
+    store
+        .complete(
+            &third,
+            &StoredResponse::new(201, "once"),
+            Duration::from_secs(60),
+        )
+        .await
+        .expect("complete");
+    assert!(matches!(
+        store.renew(&mut third).await,
+        Err(Error::LeaseLost)
+    ));
+    assert_eq!(
+        replay(store.begin(&k, &fp, &opts(10)).await.expect("begin")).body,
+        "once"
+    );
+    b.cleanup(&ns).await;
+}
+
 /// Concurrent takers of an expired lease: exactly one wins.
 pub async fn concurrent_takeover_single_winner(b: &dyn Backend) {
     let clock = ManualClock::new(START);
@@ -605,6 +684,10 @@ macro_rules! conformance_suite {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn conformance_lease_expiry_takeover_and_fencing() {
             $crate::conformance::lease_expiry_takeover_and_fencing(&$backend).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn conformance_renew_extends_lease_and_is_fenced() {
+            $crate::conformance::renew_extends_lease_and_is_fenced(&$backend).await;
         }
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn conformance_concurrent_takeover_single_winner() {

@@ -56,6 +56,14 @@ pub enum BuildError {
     /// A duration that must be positive is zero.
     #[error("{0} must be greater than zero")]
     ZeroDuration(&'static str),
+    /// The lease renewal interval is not shorter than the lease.
+    #[error("renew_every ({every:?}) must be shorter than the lease ({lease:?})")]
+    RenewNotShorterThanLease {
+        /// The renewal interval.
+        every: std::time::Duration,
+        /// The lease.
+        lease: std::time::Duration,
+    },
     /// A configured name is invalid.
     #[error("invalid {0}")]
     InvalidKey(#[from] KeyError),

@@ -122,6 +122,13 @@ impl InMemoryIdempotencyStore {
         self.hasher.hash_one(key)
     }
 
+    /// The record `lease` still holds, or [`Error::LeaseLost`].
+    fn held<'m>(&self, map: &'m mut Map, lease: &Lease) -> Result<&'m mut Record, Error> {
+        let rec = find_leased(map, self.hash(&lease.key), &lease.key);
+        record::holds(rec.as_deref(), lease)?;
+        rec.ok_or(Error::LeaseLost)
+    }
+
     fn lock(&self) -> MutexGuard<'_, Map> {
         // A panic while holding this lock cannot leave a record half-written
         // (each update is a single assignment), so poisoning is ignored.
@@ -159,13 +166,15 @@ impl crate::store::IdempotencyStore for InMemoryIdempotencyStore {
 
     async fn checkpoint(&self, lease: &mut Lease, point: &RecoveryPoint) -> Result<(), Error> {
         let now = self.clock.now_ms();
-        let hash = self.hash(&lease.key);
         let mut map = self.lock();
-        let rec = find_leased(&mut map, hash, &lease.key);
-        record::holds(rec.as_deref(), lease)?;
-        if let Some(r) = rec {
-            record::checkpoint(r, lease, now, point);
-        }
+        record::checkpoint(self.held(&mut map, lease)?, lease, now, point);
+        Ok(())
+    }
+
+    async fn renew(&self, lease: &mut Lease) -> Result<(), Error> {
+        let now = self.clock.now_ms();
+        let mut map = self.lock();
+        record::renew(self.held(&mut map, lease)?, lease, now);
         Ok(())
     }
 
@@ -176,13 +185,8 @@ impl crate::store::IdempotencyStore for InMemoryIdempotencyStore {
         ttl: Duration,
     ) -> Result<(), Error> {
         let now = self.clock.now_ms();
-        let hash = self.hash(&lease.key);
         let mut map = self.lock();
-        let rec = find_leased(&mut map, hash, &lease.key);
-        record::holds(rec.as_deref(), lease)?;
-        if let Some(r) = rec {
-            record::complete(r, now, response, ttl);
-        }
+        record::complete(self.held(&mut map, lease)?, now, response, ttl);
         Ok(())
     }
 

@@ -72,8 +72,9 @@ UNION ALL
 SELECT 'c', lease_token, phase, phase_state, fingerprint, lease_until, completed, response, expires_at
 FROM cur";
 
-const CHECKPOINT: &str = "UPDATE idem_records SET phase = $6, phase_state = $7, lease_until = $8, \
-     expires_at = GREATEST(expires_at, $8) \
+/// A checkpoint, or with NULL phase and state a renewal (the recovery point is kept).
+const EXTEND: &str = "UPDATE idem_records SET phase = COALESCE($6, phase), \
+     phase_state = COALESCE($7, phase_state), lease_until = $8, expires_at = GREATEST(expires_at, $8) \
      WHERE tenant = $1 AND principal = $2 AND operation = $3 AND client_key = $4 \
      AND lease_token = $5 AND NOT completed";
 
@@ -309,12 +310,24 @@ impl PgIdempotencyStore {
         lease: &mut Lease,
         point: &RecoveryPoint,
     ) -> Result<(), Error> {
+        self.extend_on(conn, lease, Some(point)).await?;
+        lease.recovery = Some(point.clone());
+        Ok(())
+    }
+
+    /// Extends the lease and, with `point`, records it: one fenced `UPDATE`.
+    async fn extend_on(
+        &self,
+        conn: &mut PgConnection,
+        lease: &mut Lease,
+        point: Option<&RecoveryPoint>,
+    ) -> Result<(), Error> {
         let now = self.clock.now_ms();
         let until = now.saturating_add(clock::ms(lease.duration));
-        let done = bind_key!(sqlx::query(CHECKPOINT), lease.key)
+        let done = bind_key!(sqlx::query(EXTEND), lease.key)
             .bind(lease.token)
-            .bind(&point.phase)
-            .bind(&point.state)
+            .bind(point.map(|p| p.phase.as_str()))
+            .bind(point.map(|p| p.state.as_slice()))
             .bind(until)
             .execute(conn)
             .await
@@ -323,7 +336,6 @@ impl PgIdempotencyStore {
             return Err(Error::LeaseLost);
         }
         lease.expires_at_ms = until;
-        lease.recovery = Some(point.clone());
         Ok(())
     }
 
@@ -364,6 +376,11 @@ impl crate::store::IdempotencyStore for PgIdempotencyStore {
     async fn checkpoint(&self, lease: &mut Lease, point: &RecoveryPoint) -> Result<(), Error> {
         let mut conn = self.pool.acquire().await.map_err(Error::backend)?;
         self.checkpoint_on(&mut conn, lease, point).await
+    }
+
+    async fn renew(&self, lease: &mut Lease) -> Result<(), Error> {
+        let mut conn = self.pool.acquire().await.map_err(Error::backend)?;
+        self.extend_on(&mut conn, lease, None).await
     }
 
     async fn complete(

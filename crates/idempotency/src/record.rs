@@ -99,13 +99,19 @@ pub(crate) fn holds(rec: Option<&Record>, lease: &Lease) -> Result<(), Error> {
     }
 }
 
-/// Applies a checkpoint (which also extends the lease).
-pub(crate) fn checkpoint(rec: &mut Record, lease: &mut Lease, now: i64, point: &RecoveryPoint) {
+/// Extends the lease to `now` plus its duration (the record lives at least
+/// that long); the recovery point is kept.
+pub(crate) fn renew(rec: &mut Record, lease: &mut Lease, now: i64) {
     let until = now.saturating_add(ms(lease.duration));
-    rec.recovery = Some(point.clone());
     rec.lease_until = until;
     rec.expires_at = rec.expires_at.max(until);
     lease.expires_at_ms = until;
+}
+
+/// Applies a checkpoint (which also extends the lease).
+pub(crate) fn checkpoint(rec: &mut Record, lease: &mut Lease, now: i64, point: &RecoveryPoint) {
+    renew(rec, lease, now);
+    rec.recovery = Some(point.clone());
     lease.recovery = Some(point.clone());
 }
 
@@ -132,6 +138,7 @@ mod tests {
     enum Op {
         Begin(u8),
         Checkpoint(usize),
+        Renew(usize),
         Complete(usize),
         Release(usize),
         Advance(u16),
@@ -141,6 +148,7 @@ mod tests {
         prop_oneof![
             (0u8..2).prop_map(Op::Begin),
             (0usize..4).prop_map(Op::Checkpoint),
+            (0usize..4).prop_map(Op::Renew),
             (0usize..4).prop_map(Op::Complete),
             (0usize..4).prop_map(Op::Release),
             (0u16..400).prop_map(Op::Advance),
@@ -185,7 +193,7 @@ mod tests {
                             Begin::Mismatch => {}
                         }
                     }
-                    Op::Checkpoint(i) | Op::Complete(i) | Op::Release(i) => {
+                    Op::Checkpoint(i) | Op::Renew(i) | Op::Complete(i) | Op::Release(i) => {
                         let Some(l) = leases.get_mut(i) else { continue };
                         let ok = holds(rec.as_ref(), l).is_ok();
                         // Only the newest lease may write.
@@ -194,6 +202,12 @@ mod tests {
                         let Some(r) = rec.as_mut() else { continue };
                         match o {
                             Op::Checkpoint(_) => checkpoint(r, l, now, &RecoveryPoint::new("p", vec![1])),
+                            Op::Renew(_) => {
+                                let before = r.recovery.clone();
+                                renew(r, l, now);
+                                prop_assert_eq!(&r.recovery, &before);
+                                prop_assert!(r.lease_until > now);
+                            }
                             Op::Complete(_) => {
                                 let resp = StoredResponse::new(200, l.token.to_string());
                                 complete(r, now, &resp, opts.ttl);

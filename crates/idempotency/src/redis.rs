@@ -63,18 +63,34 @@ if held > now then return {'I', string.format('%.0f', held - now)} end
 return claim(tonumber(r[2]), true)
 ";
 
-/// ARGV: token, phase, state, lease_until, lease in ms.
-const CHECKPOINT: &str = r"
+/// The fenced lease extension shared by [`RENEW`] and [`CHECKPOINT`]
+/// (a macro, so that `concat!` can join it). ARGV: token, lease_until,
+/// lease in ms.
+macro_rules! extend_lease_lua {
+    () => {
+        r"
 local k = KEYS[1]
 local r = redis.call('HMGET', k, 'tok', 'done', 'exp')
 if not r[1] or tonumber(r[1]) ~= tonumber(ARGV[1]) or r[2] == '1' then return 0 end
-redis.call('HSET', k, 'ph', ARGV[2], 'ps', ARGV[3], 'lu', ARGV[4])
-if tonumber(ARGV[4]) > tonumber(r[3]) then
-  redis.call('HSET', k, 'exp', ARGV[4])
-  redis.call('PEXPIRE', k, ARGV[5])
+redis.call('HSET', k, 'lu', ARGV[2])
+if tonumber(ARGV[2]) > tonumber(r[3]) then
+  redis.call('HSET', k, 'exp', ARGV[2])
+  redis.call('PEXPIRE', k, ARGV[3])
 end
-return 1
-";
+"
+    };
+}
+
+/// Extends the lease, keeping the recovery point. ARGV: token, lease_until,
+/// lease in ms.
+const RENEW: &str = concat!(extend_lease_lua!(), "return 1\n");
+
+/// Extends the lease and records a recovery point. ARGV: token, lease_until,
+/// lease in ms, phase, state.
+const CHECKPOINT: &str = concat!(
+    extend_lease_lua!(),
+    "redis.call('HSET', k, 'ph', ARGV[4], 'ps', ARGV[5])\nreturn 1\n"
+);
 
 /// ARGV: token, response, expires_at, ttl in ms.
 const COMPLETE: &str = r"
@@ -117,6 +133,7 @@ return n
 struct Scripts {
     begin: Script,
     checkpoint: Script,
+    renew: Script,
     complete: Script,
     release: Script,
     reap: Script,
@@ -191,6 +208,7 @@ impl RedisIdempotencyStore {
             scripts: Arc::new(Scripts {
                 begin: Script::new(BEGIN),
                 checkpoint: Script::new(CHECKPOINT),
+                renew: Script::new(RENEW),
                 complete: Script::new(COMPLETE),
                 release: Script::new(RELEASE),
                 reap: Script::new(REAP),
@@ -218,6 +236,26 @@ impl RedisIdempotencyStore {
 
     fn redis_key(&self, key: &IdempotencyKey) -> String {
         format!("{}{}", self.prefix, key.storage_key())
+    }
+
+    /// Runs a script built on `extend_lease_lua!` with ARGV token,
+    /// lease_until, lease in ms, then `extra`; updates the lease's expiry.
+    async fn extend(
+        &self,
+        script: &Script,
+        lease: &mut Lease,
+        extra: &[&[u8]],
+    ) -> Result<(), Error> {
+        let now = self.clock.now_ms();
+        let until = now.saturating_add(clock::ms(lease.duration));
+        let token = lease.token.to_string();
+        let until_s = until.to_string();
+        let lease_ms = clock::ms(lease.duration).max(1).to_string();
+        let mut args: Vec<&[u8]> = vec![token.as_bytes(), until_s.as_bytes(), lease_ms.as_bytes()];
+        args.extend_from_slice(extra);
+        self.fenced(script, &lease.key, &args).await?;
+        lease.expires_at_ms = until;
+        Ok(())
     }
 
     async fn fenced(
@@ -315,26 +353,18 @@ impl crate::store::IdempotencyStore for RedisIdempotencyStore {
     }
 
     async fn checkpoint(&self, lease: &mut Lease, point: &RecoveryPoint) -> Result<(), Error> {
-        let now = self.clock.now_ms();
-        let until = now.saturating_add(clock::ms(lease.duration));
-        let token = lease.token.to_string();
-        let until_s = until.to_string();
-        let lease_ms = clock::ms(lease.duration).max(1).to_string();
-        self.fenced(
+        self.extend(
             &self.scripts.checkpoint,
-            &lease.key,
-            &[
-                token.as_bytes(),
-                point.phase.as_bytes(),
-                &point.state,
-                until_s.as_bytes(),
-                lease_ms.as_bytes(),
-            ],
+            lease,
+            &[point.phase.as_bytes(), &point.state],
         )
         .await?;
-        lease.expires_at_ms = until;
         lease.recovery = Some(point.clone());
         Ok(())
+    }
+
+    async fn renew(&self, lease: &mut Lease) -> Result<(), Error> {
+        self.extend(&self.scripts.renew, lease, &[]).await
     }
 
     async fn complete(

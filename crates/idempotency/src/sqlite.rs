@@ -39,8 +39,9 @@ const UPSERT: &str = "INSERT INTO idem_records (tenant, principal, operation, cl
      lease_until = excluded.lease_until, phase = excluded.phase, phase_state = excluded.phase_state, \
      completed = 0, response = NULL, created_at = excluded.created_at, expires_at = excluded.expires_at";
 
-const CHECKPOINT: &str = "UPDATE idem_records SET phase = ?6, phase_state = ?7, lease_until = ?8, \
-     expires_at = MAX(expires_at, ?8) \
+/// A checkpoint, or with NULL phase and state a renewal (the recovery point is kept).
+const EXTEND: &str = "UPDATE idem_records SET phase = COALESCE(?6, phase), \
+     phase_state = COALESCE(?7, phase_state), lease_until = ?8, expires_at = MAX(expires_at, ?8) \
      WHERE tenant = ?1 AND principal = ?2 AND operation = ?3 AND client_key = ?4 \
      AND lease_token = ?5 AND completed = 0";
 
@@ -236,12 +237,24 @@ impl SqliteIdempotencyStore {
         lease: &mut Lease,
         point: &RecoveryPoint,
     ) -> Result<(), Error> {
+        self.extend_on(conn, lease, Some(point)).await?;
+        lease.recovery = Some(point.clone());
+        Ok(())
+    }
+
+    /// Extends the lease and, with `point`, records it: one fenced `UPDATE`.
+    async fn extend_on(
+        &self,
+        conn: &mut SqliteConnection,
+        lease: &mut Lease,
+        point: Option<&RecoveryPoint>,
+    ) -> Result<(), Error> {
         let now = self.clock.now_ms();
         let until = now.saturating_add(clock::ms(lease.duration));
-        let done = bind_key!(sqlx::query(CHECKPOINT), lease.key)
+        let done = bind_key!(sqlx::query(EXTEND), lease.key)
             .bind(lease.token)
-            .bind(&point.phase)
-            .bind(&point.state)
+            .bind(point.map(|p| p.phase.as_str()))
+            .bind(point.map(|p| p.state.as_slice()))
             .bind(until)
             .execute(conn)
             .await
@@ -250,7 +263,6 @@ impl SqliteIdempotencyStore {
             return Err(Error::LeaseLost);
         }
         lease.expires_at_ms = until;
-        lease.recovery = Some(point.clone());
         Ok(())
     }
 
@@ -297,6 +309,11 @@ impl crate::store::IdempotencyStore for SqliteIdempotencyStore {
     async fn checkpoint(&self, lease: &mut Lease, point: &RecoveryPoint) -> Result<(), Error> {
         let mut conn = self.pool.acquire().await.map_err(Error::backend)?;
         self.checkpoint_on(&mut conn, lease, point).await
+    }
+
+    async fn renew(&self, lease: &mut Lease) -> Result<(), Error> {
+        let mut conn = self.pool.acquire().await.map_err(Error::backend)?;
+        self.extend_on(&mut conn, lease, None).await
     }
 
     async fn complete(

@@ -54,6 +54,26 @@ pub trait IdempotencyStore: Send + Sync + std::fmt::Debug {
     /// If cancelled, the checkpoint may or may not have been written.
     async fn checkpoint(&self, lease: &mut Lease, point: &RecoveryPoint) -> Result<(), Error>;
 
+    /// Extends the lease to now plus [`Lease::duration`], in one round trip,
+    /// keeping the recovery point: the heartbeat of a holder that is still
+    /// alive, so that a short lease can cover a long-running request.
+    ///
+    /// Fenced like [`checkpoint`](Self::checkpoint): a holder whose lease ran
+    /// out may still renew as long as nobody took the key over. On success
+    /// [`Lease::expires_at_ms`] is updated.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::LeaseLost`] when `lease` is no longer the current holder (the
+    /// key was taken over, or completed, or deleted by `release`); nothing is
+    /// written. Or a backend error.
+    ///
+    /// # Cancel safety
+    ///
+    /// If cancelled, the lease may or may not have been extended; `lease`
+    /// then keeps its previous expiry, which is never later than the stored one.
+    async fn renew(&self, lease: &mut Lease) -> Result<(), Error>;
+
     /// Stores the response and marks the key completed; it will be replayed
     /// for `ttl`.
     ///

@@ -15,9 +15,9 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use counterfoil_idempotency::{
-    Begin, BeginOptions, Error, Fingerprint, IdempotencyKey, IdempotencyLayer, IdempotencyScope,
-    IdempotencyStore, InFlightPolicy, InMemoryIdempotencyStore, Lease, RecoveryPoint,
-    StoredResponse,
+    Begin, BeginOptions, Clock, Error, Fingerprint, IdempotencyKey, IdempotencyLayer,
+    IdempotencyScope, IdempotencyStore, InFlightPolicy, InMemoryIdempotencyStore, Lease,
+    ManualClock, RecoveryPoint, StoredResponse,
 };
 use http_body_util::BodyExt;
 use tokio::sync::Semaphore;
@@ -410,6 +410,9 @@ impl IdempotencyStore for Down {
     async fn checkpoint(&self, _: &mut Lease, _: &RecoveryPoint) -> Result<(), Error> {
         Err(Error::Backend("connection refused".into()))
     }
+    async fn renew(&self, _: &mut Lease) -> Result<(), Error> {
+        Err(Error::Backend("connection refused".into()))
+    }
     async fn complete(&self, _: &Lease, _: &StoredResponse, _: Duration) -> Result<(), Error> {
         Err(Error::Backend("connection refused".into()))
     }
@@ -504,6 +507,171 @@ fn builder_rejects_bad_config() {
             .build()
             .is_err()
     );
+    for every in [
+        Duration::ZERO,
+        Duration::from_secs(30),
+        Duration::from_secs(31),
+    ] {
+        assert!(
+            IdempotencyLayer::builder(store())
+                .renew_every(every)
+                .build()
+                .is_err()
+        );
+    }
+    assert!(
+        IdempotencyLayer::builder(store())
+            .renew_every(Duration::from_secs(10))
+            .lease(Duration::from_secs(15))
+            .build()
+            .is_ok()
+    );
+}
+
+/// Wall-clock time that follows Tokio's clock, so that paused Tokio time
+/// drives both the layer's renewals and the store's leases.
+#[derive(Debug)]
+struct TokioClock(tokio::time::Instant);
+
+impl Clock for TokioClock {
+    fn now_ms(&self) -> i64 {
+        1_700_000_000_000 + i64::try_from(self.0.elapsed().as_millis()).expect("ms")
+    }
+}
+
+/// The in-memory store, counting renewals.
+#[derive(Debug)]
+struct Renewals(InMemoryIdempotencyStore, AtomicUsize);
+
+impl Renewals {
+    fn new(clock: Arc<dyn Clock>) -> Arc<Self> {
+        Arc::new(Self(
+            InMemoryIdempotencyStore::new().with_clock(clock),
+            AtomicUsize::new(0),
+        ))
+    }
+
+    fn count(&self) -> usize {
+        self.1.load(Ordering::SeqCst)
+    }
+}
+
+#[async_trait]
+impl IdempotencyStore for Renewals {
+    async fn begin(
+        &self,
+        k: &IdempotencyKey,
+        fp: &Fingerprint,
+        o: &BeginOptions,
+    ) -> Result<Begin, Error> {
+        self.0.begin(k, fp, o).await
+    }
+    async fn checkpoint(&self, l: &mut Lease, p: &RecoveryPoint) -> Result<(), Error> {
+        self.0.checkpoint(l, p).await
+    }
+    async fn renew(&self, l: &mut Lease) -> Result<(), Error> {
+        self.1.fetch_add(1, Ordering::SeqCst);
+        self.0.renew(l).await
+    }
+    async fn complete(&self, l: &Lease, r: &StoredResponse, ttl: Duration) -> Result<(), Error> {
+        self.0.complete(l, r, ttl).await
+    }
+    async fn release(&self, l: &Lease) -> Result<(), Error> {
+        self.0.release(l).await
+    }
+    async fn reap_expired(&self, batch: u32) -> Result<u64, Error> {
+        self.0.reap_expired(batch).await
+    }
+}
+
+/// A handler that takes 10 s (of Tokio time), behind a 3 s lease on `store`,
+/// renewed (every second) or not.
+fn slow_app(store: Arc<Renewals>, renew: bool, calls: Counter) -> Router {
+    let mut builder = IdempotencyLayer::builder(store).lease(Duration::from_secs(3));
+    if !renew {
+        builder = builder.without_renewal();
+    }
+    let layer = builder.build().expect("layer");
+    let handler = post(move || {
+        let calls = calls.clone();
+        async move {
+            let n = calls.0.fetch_add(1, Ordering::SeqCst) + 1;
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            (StatusCode::CREATED, format!("payment {n}"))
+        }
+    });
+    Router::new().route("/v1/payments", handler.layer(layer))
+}
+
+fn spawn_send(app: &Router, key: &'static [u8]) -> tokio::task::JoinHandle<(StatusCode, String)> {
+    let app = app.clone();
+    tokio::spawn(async move {
+        let (s, _, b) = send(&app, req(Some(key), "{}")).await;
+        (s, b)
+    })
+}
+
+/// A handler running longer than its 3 s lease keeps the key: the lease is
+/// renewed every second while it runs, and no longer once it finished.
+#[tokio::test(start_paused = true)]
+async fn a_renewed_lease_outlives_a_slow_handler() {
+    let store = Renewals::new(Arc::new(TokioClock(tokio::time::Instant::now())));
+    let calls = Counter::default();
+    let app = slow_app(store.clone(), true, calls.clone());
+    let first = spawn_send(&app, b"slow");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (s, h, b) = send(&app, req(Some(b"slow"), "{}")).await;
+    assert_problem(s, &h, &b, StatusCode::CONFLICT, "in-flight");
+    let (s, b) = first.await.expect("task");
+    assert_eq!((s, b.as_str()), (StatusCode::CREATED, "payment 1"));
+    assert_eq!(calls.get(), 1);
+    // Renewed at 1 s, 2 s, ... 9 s; the handler finished at 10 s.
+    assert_eq!(store.count(), 9);
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(store.count(), 9, "no renewal after the request");
+    let (s, h, b) = send(&app, req(Some(b"slow"), "{}")).await;
+    assert_eq!((s, b.as_str()), (StatusCode::CREATED, "payment 1"));
+    assert_eq!(h["idempotent-replayed"], "true");
+}
+
+/// The same handler without renewal: after 3 s a duplicate takes the key
+/// over and runs the handler again; the first response is not stored.
+#[tokio::test(start_paused = true)]
+async fn without_renewal_a_slow_handler_is_taken_over() {
+    let store = Renewals::new(Arc::new(TokioClock(tokio::time::Instant::now())));
+    let calls = Counter::default();
+    let app = slow_app(store.clone(), false, calls.clone());
+    let first = spawn_send(&app, b"slow");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (s, _, b) = send(&app, req(Some(b"slow"), "{}")).await;
+    assert_eq!((s, b.as_str()), (StatusCode::CREATED, "payment 2"));
+    assert_eq!(first.await.expect("task").1, "payment 1");
+    assert_eq!(calls.get(), 2);
+    assert_eq!(store.count(), 0);
+    let (_, _, b) = send(&app, req(Some(b"slow"), "{}")).await;
+    assert_eq!(b, "payment 2");
+}
+
+/// A renewal that finds the key taken over (here: the store's clock jumped
+/// past the lease) stops renewing; the handler still finishes and answers,
+/// and only the new holder's response is stored.
+#[tokio::test(start_paused = true)]
+async fn a_lost_lease_stops_renewal_and_the_handler_finishes() {
+    let clock = ManualClock::new(1_700_000_000_000);
+    let store = Renewals::new(Arc::new(clock.clone()));
+    let calls = Counter::default();
+    let app = slow_app(store.clone(), true, calls.clone());
+    let first = spawn_send(&app, b"slow");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(store.count(), 1);
+    clock.advance(Duration::from_secs(10));
+    let second = spawn_send(&app, b"slow");
+    let (s, b) = first.await.expect("task");
+    assert_eq!((s, b.as_str()), (StatusCode::CREATED, "payment 1"));
+    assert_eq!(second.await.expect("task").1, "payment 2");
+    assert_eq!(calls.get(), 2);
+    let (_, _, b) = send(&app, req(Some(b"slow"), "{}")).await;
+    assert_eq!(b, "payment 2");
 }
 
 #[tokio::test]

@@ -23,6 +23,8 @@ pub(crate) struct Config {
     pub(crate) methods: Vec<Method>,
     pub(crate) require_for: Vec<Method>,
     pub(crate) opts: BeginOptions,
+    /// How often a running request renews its lease; `None`: never.
+    pub(crate) renew_every: Option<Duration>,
     pub(crate) in_flight: InFlightPolicy,
     pub(crate) responses: ResponsePolicy,
     pub(crate) fingerprinter: Fingerprinter,
@@ -84,6 +86,7 @@ pub struct IdempotencyLayerBuilder {
     methods: Vec<Method>,
     require_for: Vec<Method>,
     opts: BeginOptions,
+    renew: Renew,
     in_flight: InFlightPolicy,
     responses: ResponsePolicy,
     fingerprinter: Fingerprinter,
@@ -92,6 +95,17 @@ pub struct IdempotencyLayerBuilder {
     replay_headers: Vec<HeaderName>,
     min_key_len: usize,
     problem_type_base: String,
+}
+
+/// The lease renewal chosen on the builder.
+#[derive(Debug, Clone, Copy)]
+enum Renew {
+    /// Every third of the lease.
+    ThirdOfLease,
+    /// At this interval.
+    Every(Duration),
+    /// Never.
+    Off,
 }
 
 impl IdempotencyLayerBuilder {
@@ -103,6 +117,7 @@ impl IdempotencyLayerBuilder {
             methods: vec![Method::POST, Method::PUT, Method::PATCH, Method::DELETE],
             require_for: vec![Method::POST, Method::PATCH],
             opts: BeginOptions::default(),
+            renew: Renew::ThirdOfLease,
             in_flight: InFlightPolicy::default(),
             responses: ResponsePolicy::default(),
             fingerprinter: Fingerprinter::default(),
@@ -126,6 +141,11 @@ impl IdempotencyLayerBuilder {
             methods: self.methods,
             require_for: self.require_for,
             opts: self.opts,
+            renew_every: match self.renew {
+                Renew::ThirdOfLease => Some((self.opts.lease / 3).max(Duration::from_millis(1))),
+                Renew::Every(every) => Some(every),
+                Renew::Off => None,
+            },
             in_flight: self.in_flight,
             responses: self.responses,
             fingerprinter: self.fingerprinter,
@@ -164,9 +184,37 @@ impl IdempotencyLayerBuilder {
         self
     }
 
-    /// How long a request may run before a retry can take over. Default: 30 s.
+    /// How long a claim holds the key without being renewed. While the
+    /// handler runs, the lease is renewed (see
+    /// [`renew_every`](Self::renew_every)), so this bounds how long a retry
+    /// waits (or gets 409) after the process holding the key died, not how
+    /// long a handler may run. Default: 30 s.
     pub fn lease(mut self, lease: Duration) -> Self {
         self.opts.lease = lease;
+        self
+    }
+
+    /// How often a running request renews its lease: a heartbeat, so that a
+    /// short lease covers a long handler while its process is alive, and
+    /// runs out soon after it dies. Default: a third of the lease.
+    ///
+    /// The renewals run in the request's own task, while its handler (and
+    /// then its response body) is polled, and stop when it finishes; a handler
+    /// that finishes at its first poll arms no timer. They need a Tokio
+    /// runtime with the time driver (as an axum server has). If a renewal
+    /// finds the key taken over ([`Error::LeaseLost`](crate::Error::LeaseLost)),
+    /// a warning is logged, renewing stops and the handler runs on; its
+    /// response is then not stored. Other renewal errors are logged and
+    /// retried at the next interval.
+    pub fn renew_every(mut self, every: Duration) -> Self {
+        self.renew = Renew::Every(every);
+        self
+    }
+
+    /// Turns lease renewal off: the lease fixed at claim time must then cover
+    /// the longest handler (see [`lease`](Self::lease)).
+    pub fn without_renewal(mut self) -> Self {
+        self.renew = Renew::Off;
         self
     }
 
@@ -252,11 +300,23 @@ impl IdempotencyLayerBuilder {
     ///
     /// # Errors
     ///
-    /// [`BuildError`] for a zero lease or TTL, an empty operation or a
-    /// minimum key length over 255.
+    /// [`BuildError`] for a zero lease, TTL or renewal interval, a renewal
+    /// interval not shorter than the lease, an empty operation or a minimum
+    /// key length over 255.
     pub fn build(self) -> Result<IdempotencyLayer, BuildError> {
         if self.opts.lease.is_zero() {
             return Err(BuildError::ZeroDuration("lease"));
+        }
+        if let Renew::Every(every) = self.renew {
+            if every.is_zero() {
+                return Err(BuildError::ZeroDuration("renew_every"));
+            }
+            if every >= self.opts.lease {
+                return Err(BuildError::RenewNotShorterThanLease {
+                    every,
+                    lease: self.opts.lease,
+                });
+            }
         }
         if self.opts.ttl.is_zero() {
             return Err(BuildError::ZeroDuration("ttl"));

@@ -1,5 +1,7 @@
 //! The service.
 
+use std::future::Future;
+use std::pin::pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -18,8 +20,10 @@ use super::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED};
 use crate::begin::Begin;
 use crate::error::{BoxError, Error};
 use crate::key::{IdempotencyKey, Scope, parse_header_value};
+use crate::lease::Lease;
 use crate::policy::{Disposition, InFlightPolicy};
 use crate::response::StoredResponse;
+use crate::store::IdempotencyStore;
 
 /// Makes the inner service idempotent per `Idempotency-Key`; see the
 /// [module docs](super) for the answers it gives.
@@ -264,7 +268,7 @@ where
         ttl: config.opts.ttl,
     });
     let req = Request::from_parts(parts, ReqBody::from(bytes));
-    let resp = match inner.call(req).await {
+    let resp = match renewing(&config, &lease, inner.call(req)).await {
         Ok(r) => r,
         Err(e) => {
             release(&config, &lease).await;
@@ -280,8 +284,7 @@ where
         return Ok(resp);
     }
     let (parts, body) = resp.into_parts();
-    let collected = body
-        .collect()
+    let collected = renewing(&config, &lease, body.collect())
         .await
         .map_err(|e| Into::<BoxError>::into(e).to_string());
     let bytes = match collected {
@@ -328,7 +331,52 @@ where
     Ok(Response::from_parts(parts, ResBody::from(bytes)))
 }
 
-async fn release(config: &Config, lease: &crate::lease::Lease) {
+/// Runs `work` and, while it runs, renews `lease` every
+/// `config.renew_every`, in the same task; stops when `work` finishes.
+///
+/// `work` is polled first, so work that finishes at once never arms the timer.
+async fn renewing<F: Future>(config: &Config, lease: &Lease, work: F) -> F::Output {
+    let Some(every) = config.renew_every else {
+        return work.await;
+    };
+    let mut work = pin!(work);
+    // Not polled (so no timer) until `work` first returns `Pending`.
+    let mut beat = pin!(heartbeat(&*config.store, lease, every));
+    let mut beating = true;
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = work.as_mut().poll(cx) {
+            return Poll::Ready(out);
+        }
+        if beating && beat.as_mut().poll(cx).is_ready() {
+            beating = false;
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// Renews a copy of `lease` every `every` until the key is lost.
+async fn heartbeat(store: &dyn IdempotencyStore, lease: &Lease, every: Duration) {
+    let mut next = tokio::time::Instant::now() + every;
+    let mut held: Option<Lease> = None;
+    loop {
+        tokio::time::sleep_until(next).await;
+        next = tokio::time::Instant::now() + every;
+        let held = held.get_or_insert_with(|| lease.clone());
+        match store.renew(held).await {
+            Ok(()) => {}
+            Err(Error::LeaseLost) => {
+                tracing::warn!(key = %lease.key(), "idempotency lease lost while the request ran; its response will not be stored");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(key = %lease.key(), error = %e, "could not renew idempotency lease; retrying");
+            }
+        }
+    }
+}
+
+async fn release(config: &Config, lease: &Lease) {
     if let Err(e) = config.store.release(lease).await {
         tracing::warn!(key = %lease.key(), error = %e, "could not release idempotency key");
     }

@@ -59,7 +59,11 @@ pub(crate) fn layer(
         // A till that retries while its first request still runs gets the
         // first request's answer, not a 409.
         .in_flight(InFlightPolicy::Wait(Duration::from_secs(65)))
-        .lease(Duration::from_secs(90))
+        // A handler may run up to a minute (`Prefer: wait=60`), but the layer
+        // renews the lease every third of it (5 s) while the handler runs, so
+        // the lease only bounds how long a retry waits after the process
+        // holding the key died: 15 s rather than the longest handler.
+        .lease(Duration::from_secs(15))
         .max_request_body(max_body)
         .build()
 }
