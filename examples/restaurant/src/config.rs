@@ -181,6 +181,25 @@ pub(crate) struct Config {
     )]
     pub(crate) log_format: LogFormat,
 
+    /// OTLP/HTTP base URL to export trace spans to (protobuf, `POST
+    /// <URL>/v1/traces`), e.g. `http://127.0.0.1:4318`; plain `http://`
+    /// only. Absent: no spans are exported.
+    #[arg(long, env = "RESTAURANT_OTLP_ENDPOINT", value_parser = parse_otlp_endpoint)]
+    pub(crate) otlp_endpoint: Option<String>,
+
+    /// `service.name` of the exported spans. Default: `restaurant`.
+    #[arg(
+        long,
+        env = "RESTAURANT_OTLP_SERVICE_NAME",
+        default_value = "restaurant"
+    )]
+    pub(crate) otlp_service_name: String,
+
+    /// Which spans are exported with `--otlp-endpoint` (tracing `EnvFilter`
+    /// syntax, independent of `--log`).
+    #[arg(long, env = "RESTAURANT_OTLP_FILTER", default_value = "info")]
+    pub(crate) otlp_filter: String,
+
     /// The ISL dialect of the printers (simulated and `tcp://`): `x` (Datecs
     /// FP-700X, DP-25X, ...) or `classic` (FP-2000, FP-800, DP-25, ...).
     #[arg(
@@ -266,6 +285,21 @@ impl std::str::FromStr for PrinterSpec {
     }
 }
 
+/// Checks an OTLP/HTTP base URL: `http://HOST[:PORT][/PATH]` (no TLS is
+/// built in; export to a collector or agent nearby). Trailing slashes are
+/// dropped.
+pub(crate) fn parse_otlp_endpoint(s: &str) -> Result<String, String> {
+    let s = s.trim().trim_end_matches('/');
+    let uri: http::Uri = s.parse().map_err(|e| format!("`{s}`: {e}"))?;
+    if uri.scheme_str() != Some("http") || uri.host().is_none_or(str::is_empty) {
+        return Err(format!("`{s}`: expected http://HOST[:PORT]"));
+    }
+    if uri.query().is_some() {
+        return Err(format!("`{s}`: no query string, please"));
+    }
+    Ok(s.to_owned())
+}
+
 /// Parses `250ms`, `10s`, `5m`, `24h`.
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -344,6 +378,22 @@ mod tests {
         assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
         assert!(parse_duration("h").is_err());
         assert!(parse_duration("5d").is_err());
+    }
+
+    #[test]
+    fn otlp_endpoints_parse() {
+        assert_eq!(
+            parse_otlp_endpoint("http://127.0.0.1:4318/"),
+            Ok("http://127.0.0.1:4318".to_owned())
+        );
+        assert_eq!(
+            parse_otlp_endpoint("http://collector:4318/otlp"),
+            Ok("http://collector:4318/otlp".to_owned())
+        );
+        assert!(parse_otlp_endpoint("https://collector:4318").is_err());
+        assert!(parse_otlp_endpoint("collector:4318").is_err());
+        assert!(parse_otlp_endpoint("http://").is_err());
+        assert!(parse_otlp_endpoint("http://c:4318?x=1").is_err());
     }
 
     #[test]

@@ -20,7 +20,7 @@
 //! |---|---|
 //! | [`config`] | flags and environment variables |
 //! | [`roles`] | which parts a process runs, and graceful shutdown |
-//! | [`telemetry`] | JSON logs, correlation id, W3C trace context, Prometheus |
+//! | [`telemetry`] | JSON logs, correlation id, W3C trace context, Prometheus, OTLP spans |
 //! | [`db`] | the connection pool and the server's own migrations |
 //! | [`domain`] | payments, refunds, receipt lines, statuses |
 //! | [`store`] | the server's SQL: payments, refunds, events, keys, printers |
@@ -46,7 +46,6 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let config = config::Config::parse();
-    telemetry::init_logging(&config);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -54,7 +53,21 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(roles::run(config)) {
+    // The OTLP batch exporter, when configured, runs on the runtime.
+    let otlp = match runtime.block_on(async { telemetry::init_logging(&config) }) {
+        Ok(otlp) => otlp,
+        Err(e) => {
+            eprintln!("restaurant: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let flush_within = config.shutdown_grace.min(std::time::Duration::from_secs(5));
+    let result = runtime.block_on(roles::run(config));
+    // The runtime still runs the exporter while its last spans are sent.
+    if let Some(otlp) = otlp {
+        otlp.shutdown(flush_within);
+    }
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "restaurant stopped with an error");

@@ -1,34 +1,135 @@
 //! Observability: JSON logs, a correlation id and W3C trace context on every
-//! request (carried on to the provider and into print jobs), and Prometheus
-//! metrics. Libraries only emit `tracing` and `metrics`; this is the one
-//! place that installs subscribers and exporters.
+//! request (carried on to the provider and into print jobs), Prometheus
+//! metrics, and (with `--otlp-endpoint`) trace spans exported over OTLP/HTTP.
+//! Libraries only emit `tracing` and `metrics`; this is the one place that
+//! installs subscribers and exporters.
 
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request};
-use axum::http::{HeaderName, HeaderValue};
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::Response;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::Layer;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::{Config, LogFormat};
 
-/// Installs the log subscriber (JSON by default).
-pub(crate) fn init_logging(config: &Config) {
+/// Set once the OTLP layer is installed; until then the request middleware
+/// does no OpenTelemetry work at all.
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+/// The OTLP trace pipeline, when `--otlp-endpoint` is set. Spans are
+/// batched on the tokio runtime; [`Otlp::shutdown`] sends what is buffered.
+#[derive(Debug)]
+pub(crate) struct Otlp {
+    provider: SdkTracerProvider,
+}
+
+impl Otlp {
+    /// Flushes the buffered spans and stops the exporter, waiting at most
+    /// `within` (a collector that does not answer must not hold up the
+    /// shutdown). Call it while the runtime still runs, outside of it.
+    pub(crate) fn shutdown(self, within: Duration) {
+        EXPORTING.store(false, Ordering::Relaxed);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let provider = self.provider;
+        let spawned = std::thread::Builder::new()
+            .name("otlp-shutdown".into())
+            .spawn(move || {
+                let _ = tx.send(provider.shutdown());
+            });
+        if spawned.is_err() {
+            tracing::warn!("cannot flush the OTLP exporter: no thread");
+            return;
+        }
+        match rx.recv_timeout(within) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "OTLP exporter shutdown"),
+            Err(_) => tracing::warn!(?within, "OTLP exporter did not flush in time"),
+        }
+    }
+}
+
+/// Installs the log subscriber (JSON by default) and, with
+/// `--otlp-endpoint`, the layer that exports spans. With an endpoint it
+/// must be called inside the tokio runtime (the batch exporter runs on it).
+pub(crate) fn init_logging(config: &Config) -> Result<Option<Otlp>, String> {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match config.log_format {
-        LogFormat::Json => builder
+    let Some(endpoint) = &config.otlp_endpoint else {
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr);
+        let _ = match config.log_format {
+            LogFormat::Json => builder
+                .json()
+                .with_current_span(true)
+                .with_span_list(false)
+                .try_init(),
+            LogFormat::Text => builder.try_init(),
+        };
+        return Ok(None);
+    };
+    // With export, logs and spans are filtered apart: `--log warn` still
+    // exports the request spans.
+    let otlp_filter = tracing_subscriber::EnvFilter::try_new(&config.otlp_filter)
+        .map_err(|e| format!("--otlp-filter `{}`: {e}", config.otlp_filter))?;
+    let provider = otlp_provider(endpoint, config)?;
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match config.log_format {
+        LogFormat::Json => fmt
             .json()
             .with_current_span(true)
             .with_span_list(false)
-            .try_init(),
-        LogFormat::Text => builder.try_init(),
+            .with_filter(filter)
+            .boxed(),
+        LogFormat::Text => fmt.with_filter(filter).boxed(),
     };
+    let spans = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("restaurant"))
+        .with_filter(otlp_filter);
+    let _ = tracing_subscriber::registry()
+        .with(fmt)
+        .with(spans)
+        .try_init();
+    EXPORTING.store(true, Ordering::Relaxed);
+    Ok(Some(Otlp { provider }))
+}
+
+/// The tracer provider: OTLP/HTTP protobuf to `<endpoint>/v1/traces`,
+/// batched on the tokio runtime (the `OTEL_BSP_*` variables tune the batch,
+/// `OTEL_EXPORTER_OTLP_TIMEOUT` the request, `OTEL_RESOURCE_ATTRIBUTES` adds
+/// resource attributes).
+fn otlp_provider(endpoint: &str, config: &Config) -> Result<SdkTracerProvider, String> {
+    use opentelemetry_otlp::{Protocol, WithExportConfig};
+    use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
+
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(Protocol::HttpBinary)
+        .with_endpoint(format!("{endpoint}/v1/traces"))
+        .build()
+        .map_err(|e| format!("--otlp-endpoint {endpoint}: {e}"))?;
+    let processor =
+        BatchSpanProcessor::builder(exporter, opentelemetry_sdk::runtime::Tokio).build();
+    let role = clap::ValueEnum::to_possible_value(&config.role)
+        .map_or_else(|| "unknown".to_owned(), |v| v.get_name().to_owned());
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(config.otlp_service_name.clone())
+        .with_attribute(opentelemetry::KeyValue::new("restaurant.role", role))
+        .build();
+    Ok(SdkTracerProvider::builder()
+        .with_span_processor(processor)
+        .with_resource(resource)
+        .build())
 }
 
 /// Installs the Prometheus recorder; the handle renders `/metrics`.
@@ -191,6 +292,59 @@ fn valid_correlation_id(v: &str) -> bool {
     !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic())
 }
 
+/// Reads trace context headers for the OpenTelemetry propagator.
+struct HeaderExtractor<'a>(&'a HeaderMap);
+
+impl opentelemetry::propagation::Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(HeaderName::as_str).collect()
+    }
+}
+
+/// The request span when spans are exported: a child of the caller's
+/// `traceparent` (and `tracestate`) when given, else the root of a new
+/// trace. Returns it with the `traceparent` to send downstream (the
+/// exported span's own ids), or `None` when the span is not exported.
+fn exported_span(
+    headers: &HeaderMap,
+    method: &str,
+    route: &str,
+    correlation_id: &str,
+) -> Option<(tracing::Span, String)> {
+    use opentelemetry::propagation::TextMapPropagator;
+
+    let span = tracing::info_span!(
+        "request",
+        %method,
+        %route,
+        correlation_id = %correlation_id,
+        trace_id = tracing::field::Empty,
+        otel.name = %format_args!("{method} {route}"),
+        otel.kind = "server",
+    );
+    let parent = opentelemetry_sdk::propagation::TraceContextPropagator::new()
+        .extract(&HeaderExtractor(headers));
+    // No parent (or an invalid one) leaves the span a root.
+    let _ = span.set_parent(parent);
+    let cx = span.context();
+    let ids = cx.span().span_context().clone();
+    if !ids.is_valid() {
+        return None;
+    }
+    let trace_id = ids.trace_id().to_string();
+    span.record("trace_id", trace_id.as_str());
+    let traceparent = format!(
+        "00-{trace_id}-{}-{:02x}",
+        ids.span_id(),
+        ids.trace_flags().to_u8()
+    );
+    Some((span, traceparent))
+}
+
 /// Middleware: trace context, a span with the correlation id, request
 /// metrics, and the ids echoed on the response.
 pub(crate) async fn trace_layer(mut req: Request, next: Next) -> Response {
@@ -200,29 +354,45 @@ pub(crate) async fn trace_layer(mut req: Request, next: Next) -> Response {
         .and_then(|v| v.to_str().ok())
         .filter(|v| valid_correlation_id(v))
         .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned);
-    let (trace_id, flags) = headers
-        .get(&TRACEPARENT)
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_traceparent)
-        .map_or_else(
-            || (random_hex(16), "01".to_owned()),
-            |(t, f)| (t.to_owned(), f.to_owned()),
-        );
-    let traceparent = format!("00-{trace_id}-{}-{flags}", random_hex(8));
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
     let method = req.method().as_str().to_owned();
+    let otel = if EXPORTING.load(Ordering::Relaxed) {
+        exported_span(req.headers(), &method, &route, &correlation_id)
+    } else {
+        None
+    };
+    let exported = otel.is_some();
+    let (span, traceparent) = otel.unwrap_or_else(|| {
+        let (trace_id, flags) = req
+            .headers()
+            .get(&TRACEPARENT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_traceparent)
+            .map_or_else(
+                || (random_hex(16), "01".to_owned()),
+                |(t, f)| (t.to_owned(), f.to_owned()),
+            );
+        let traceparent = format!("00-{trace_id}-{}-{flags}", random_hex(8));
+        let span = tracing::info_span!("request", %method, %route, correlation_id = %correlation_id, trace_id = %trace_id);
+        (span, traceparent)
+    });
     req.extensions_mut().insert(Trace {
         correlation_id: correlation_id.clone(),
         traceparent: traceparent.clone(),
     });
-    let span = tracing::info_span!("request", %method, %route, correlation_id = %correlation_id, trace_id = %trace_id);
     let started = Instant::now();
     let mut resp = next.run(req).instrument(span.clone()).await;
     let status = resp.status().as_u16();
     let secs = started.elapsed().as_secs_f64();
+    if exported {
+        span.set_attribute("http.response.status_code", i64::from(status));
+        if status >= 500 {
+            span.set_status(opentelemetry::trace::Status::error(""));
+        }
+    }
     span.in_scope(|| {
         if route != "/metrics" && !route.starts_with("/health") {
             tracing::info!(status, duration_ms = secs * 1000.0, "request");

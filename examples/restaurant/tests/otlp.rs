@@ -1,0 +1,215 @@
+//! OTLP trace export (`--otlp-endpoint`): the server process sends its
+//! request spans to a small OTLP/HTTP receiver run by the test, joined to
+//! the caller's `traceparent`; without the flag it sends nothing.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::routing::post;
+use common::*;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use parking_lot::Mutex;
+use prost::Message;
+
+/// What the receiver got: one protobuf body per `POST /v1/traces`.
+type Bodies = Arc<Mutex<Vec<Bytes>>>;
+
+/// Starts an OTLP/HTTP receiver on a free loopback port.
+async fn receiver() -> (String, Bodies) {
+    let bodies = Bodies::default();
+    let app = axum::Router::new()
+        .route(
+            "/v1/traces",
+            post(|State(b): State<Bodies>, body: Bytes| async move {
+                b.lock().push(body);
+                // An empty ExportTraceServiceResponse.
+                ([("content-type", "application/x-protobuf")], Bytes::new())
+            }),
+        )
+        .with_state(bodies.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (format!("http://{addr}"), bodies)
+}
+
+/// An exported span with its resource's `service.name`.
+#[derive(Debug)]
+struct Exported {
+    service: String,
+    span: Span,
+}
+
+/// Every span in the bodies received so far.
+fn spans(bodies: &Bodies) -> Vec<Exported> {
+    let mut out = Vec::new();
+    for body in bodies.lock().iter() {
+        let req = ExportTraceServiceRequest::decode(body.as_ref()).expect("an OTLP protobuf body");
+        for rs in req.resource_spans {
+            let service = rs
+                .resource
+                .iter()
+                .flat_map(|r| r.attributes.iter())
+                .find(|a| a.key == "service.name")
+                .and_then(|a| a.value.as_ref()?.value.clone())
+                .map(|v| match v {
+                    Value::StringValue(s) => s,
+                    other => format!("{other:?}"),
+                })
+                .unwrap_or_default();
+            for ss in rs.scope_spans {
+                for span in ss.spans {
+                    out.push(Exported {
+                        service: service.clone(),
+                        span,
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Waits (at most `secs`) for the request span of trace `trace_id`.
+async fn wait_for(bodies: &Bodies, trace_id: &[u8], secs: u64) -> Option<Exported> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(e) = spans(bodies)
+            .into_iter()
+            .find(|e| e.span.trace_id == trace_id && e.span.kind == SpanKind::Server as i32)
+        {
+            return Some(e);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A fresh caller trace: `(traceparent, trace id bytes, parent span id bytes)`.
+fn caller_trace() -> (String, Vec<u8>, Vec<u8>) {
+    let trace = uuid::Uuid::new_v4().simple().to_string();
+    let parent = &uuid::Uuid::new_v4().simple().to_string()[..16];
+    (
+        format!("00-{trace}-{parent}-01"),
+        hex::decode(&trace).unwrap(),
+        hex::decode(parent).unwrap(),
+    )
+}
+
+/// Sends `GET /health/ready` with `traceparent`; returns the response's.
+async fn ready(s: &Server, traceparent: &str) -> String {
+    let resp = s
+        .http
+        .get(s.url("/health/ready"))
+        .header("traceparent", traceparent)
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+    resp.headers()["traceparent"].to_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn request_spans_are_exported_and_join_the_callers_trace() {
+    let (url, bodies) = receiver().await;
+    let service = format!("restaurant-otlp-{}", uuid::Uuid::new_v4().simple());
+    let dir = temp_dir("otlp");
+    let s = spawn(
+        &dir,
+        &["--otlp-endpoint", &url, "--otlp-service-name", &service],
+        &[("OTEL_BSP_SCHEDULE_DELAY", "200")],
+        true,
+    );
+    let (traceparent, trace_id, parent_id) = caller_trace();
+    let downstream = ready(&s, &traceparent).await;
+
+    let e = wait_for(&bodies, &trace_id, 20)
+        .await
+        .expect("the request span was exported in the caller's trace");
+    assert_eq!(e.service, service);
+    assert_eq!(e.span.name, "GET /health/ready");
+    assert_eq!(
+        e.span.parent_span_id, parent_id,
+        "a child of the caller's span"
+    );
+    let status = e
+        .span
+        .attributes
+        .iter()
+        .find(|a| a.key == "http.response.status_code")
+        .and_then(|a| a.value.as_ref()?.value.clone());
+    assert_eq!(
+        status,
+        Some(Value::IntValue(200)),
+        "{:?}",
+        e.span.attributes
+    );
+    // The traceparent sent downstream is the exported span's.
+    let parts: Vec<&str> = downstream.split('-').collect();
+    assert_eq!(parts.len(), 4, "{downstream}");
+    assert_eq!(hex::decode(parts[1]).unwrap(), trace_id, "{downstream}");
+    assert_eq!(
+        hex::decode(parts[2]).unwrap(),
+        e.span.span_id,
+        "{downstream}"
+    );
+    assert_eq!(parts[3], "01", "{downstream}");
+}
+
+#[tokio::test]
+async fn buffered_spans_are_flushed_on_shutdown() {
+    let (url, bodies) = receiver().await;
+    let dir = temp_dir("otlp-flush");
+    // A batch delay far beyond the test: only the shutdown sends the span.
+    let mut s = spawn(
+        &dir,
+        &["--otlp-endpoint", &url],
+        &[("OTEL_BSP_SCHEDULE_DELAY", "600000")],
+        true,
+    );
+    let (traceparent, trace_id, _) = caller_trace();
+    ready(&s, &traceparent).await;
+    assert_eq!(s.terminate(Duration::from_secs(30)), Some(0), "clean exit");
+    let e = wait_for(&bodies, &trace_id, 5)
+        .await
+        .expect("the span was sent before the process exited");
+    assert_eq!(e.service, "restaurant", "the default service.name");
+}
+
+#[tokio::test]
+async fn nothing_is_sent_without_the_flag() {
+    let (url, bodies) = receiver().await;
+    let dir = temp_dir("otlp-off");
+    // The standard OpenTelemetry variables alone do not turn export on.
+    let mut s = spawn(
+        &dir,
+        &[],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", url.as_str()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+        ],
+        true,
+    );
+    let (traceparent, trace_id, _) = caller_trace();
+    let downstream = ready(&s, &traceparent).await;
+    // The trace id still travels on, as before.
+    assert_eq!(
+        hex::decode(downstream.split('-').nth(1).unwrap()).unwrap(),
+        trace_id
+    );
+    assert_eq!(s.terminate(Duration::from_secs(30)), Some(0), "clean exit");
+    assert!(bodies.lock().is_empty(), "nothing was exported");
+}
