@@ -334,21 +334,26 @@ where
 /// Runs `work` and, while it runs, renews `lease` every
 /// `config.renew_every`, in the same task; stops when `work` finishes.
 ///
-/// `work` is polled first, so work that finishes at once never arms the timer.
+/// `work` is polled first, so work that finishes at once neither allocates
+/// the heartbeat nor arms its timer.
 async fn renewing<F: Future>(config: &Config, lease: &Lease, work: F) -> F::Output {
     let Some(every) = config.renew_every else {
         return work.await;
     };
     let mut work = pin!(work);
-    // Not polled (so no timer) until `work` first returns `Pending`.
-    let mut beat = pin!(heartbeat(&*config.store, lease, every));
+    // Made (boxed, off the fast path) once `work` first returns `Pending`.
+    let mut beat = None;
     let mut beating = true;
     std::future::poll_fn(|cx| {
         if let Poll::Ready(out) = work.as_mut().poll(cx) {
             return Poll::Ready(out);
         }
-        if beating && beat.as_mut().poll(cx).is_ready() {
-            beating = false;
+        if beating {
+            let b = beat.get_or_insert_with(|| Box::pin(heartbeat(&*config.store, lease, every)));
+            if b.as_mut().poll(cx).is_ready() {
+                beating = false;
+                beat = None;
+            }
         }
         Poll::Pending
     })
