@@ -35,7 +35,8 @@ pub(crate) struct Patience {
 
 impl Patience {
     /// Long enough to outlast an idempotency key's lease left behind by a
-    /// killed `serve` process (the server holds such keys for 90 s).
+    /// killed `serve` process (15 s in the server, renewed while a request
+    /// runs), with a wide margin for restarts under chaos.
     pub(crate) const DEFAULT: Patience = Patience {
         attempts: 300,
         total: Duration::from_secs(240),
