@@ -523,6 +523,14 @@ async fn transcript_records_every_frame() {
     assert_eq!(t[0].bytes[0], 0x01);
     assert_eq!(t[0].bytes[3], 0x4A);
     assert!(t[0].to_string().contains("> 01"));
+    // A limit of 0 keeps none (a long-running simulator does not grow).
+    let mut cfg = sim_config(Dialect::Classic);
+    cfg.transcript_limit = 0;
+    let quiet = Simulator::start(cfg).await.unwrap();
+    let p = printer(&quiet, Dialect::Classic);
+    p.status().await.unwrap();
+    assert!(quiet.transcript().is_empty());
+    assert_eq!(quiet.frames(), 1);
 }
 
 #[tokio::test]

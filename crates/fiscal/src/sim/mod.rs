@@ -62,7 +62,8 @@ pub struct SimConfig {
     pub z_after: Duration,
     /// Device clock. Default: the system clock.
     pub clock: SharedClock,
-    /// Most transcript entries kept (oldest dropped). Default: 100 000.
+    /// Most transcript entries kept (oldest dropped); 0 keeps none.
+    /// Default: 100 000.
     pub transcript_limit: usize,
 }
 
@@ -410,6 +411,9 @@ fn power_cycle(shared: &Shared, core: &mut Core) {
 }
 
 fn record(shared: &Shared, core: &mut Core, conn: u64, from_host: bool, bytes: &[u8]) {
+    if shared.cfg.transcript_limit == 0 {
+        return;
+    }
     if core.transcript.len() >= shared.cfg.transcript_limit {
         core.transcript.pop_front();
     }

@@ -92,6 +92,9 @@ impl SimPrinter {
             })
             .collect();
         cfg.state_file = Some(dir.join(format!("printer-sim-{file}.json")));
+        // Nothing here reads the frame transcript, and a printer that runs
+        // for weeks must not grow with every frame.
+        cfg.transcript_limit = 0;
         let device = Simulator::start(cfg).await?;
         Ok(Self {
             id: id.to_owned(),
