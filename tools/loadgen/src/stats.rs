@@ -46,13 +46,46 @@ fn hist() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid constant histogram bounds")
 }
 
+/// Per-second histograms: two significant digits are enough for a plot,
+/// and keep each second's histograms small.
+fn second_hist() -> Histogram<u64> {
+    // Panics only if these constant bounds were invalid (they are not).
+    Histogram::new_with_bounds(1, 600_000_000, 2).expect("valid constant histogram bounds")
+}
+
+/// Seconds kept with their histograms (a late record may still land in
+/// them); older ones keep only their percentiles, so a long run does not
+/// grow by two histograms a second.
+const OPEN_SECONDS: usize = 10;
+
 /// One second of the run.
 #[derive(Debug, Clone)]
 struct Second {
     accepted: u64,
     fiscalized: u64,
-    accept: Histogram<u64>,
-    fiscal: Histogram<u64>,
+    /// Accept and fiscal latencies, until the second is summarised.
+    hists: Option<Box<(Histogram<u64>, Histogram<u64>)>>,
+    /// The percentiles, once summarised.
+    summary: Option<Point>,
+}
+
+impl Second {
+    fn new() -> Self {
+        Self {
+            accepted: 0,
+            fiscalized: 0,
+            hists: Some(Box::new((second_hist(), second_hist()))),
+            summary: None,
+        }
+    }
+
+    /// Keeps the percentiles and drops the histograms.
+    fn summarise(&mut self, second: u64) {
+        if self.hists.is_some() {
+            self.summary = Some(point(second, self));
+            self.hists = None;
+        }
+    }
 }
 
 /// Latencies, overall and per second since the start.
@@ -136,12 +169,13 @@ impl Latencies {
             return None;
         }
         while inner.seconds.len() <= s {
-            inner.seconds.push(Second {
-                accepted: 0,
-                fiscalized: 0,
-                accept: hist(),
-                fiscal: hist(),
-            });
+            let n = inner.seconds.len();
+            if let Some(old) = n.checked_sub(OPEN_SECONDS)
+                && let Some(sec) = inner.seconds.get_mut(old)
+            {
+                sec.summarise(old as u64);
+            }
+            inner.seconds.push(Second::new());
         }
         inner.seconds.get_mut(s)
     }
@@ -153,7 +187,9 @@ impl Latencies {
         let _ = inner.accept.record(us);
         if let Some(s) = Self::second(&mut inner, at, self.start) {
             s.accepted += 1;
-            let _ = s.accept.record(us);
+            if let Some(h) = &mut s.hists {
+                let _ = h.0.record(us);
+            }
         }
     }
 
@@ -164,7 +200,9 @@ impl Latencies {
         let _ = inner.fiscal.record(us);
         if let Some(s) = Self::second(&mut inner, at, self.start) {
             s.fiscalized += 1;
-            let _ = s.fiscal.record(us);
+            if let Some(h) = &mut s.hists {
+                let _ = h.1.record(us);
+            }
         }
     }
 
@@ -205,18 +243,38 @@ fn point(second: u64, s: &Second) -> Point {
             ms(h.value_at_quantile(q))
         }
     };
-    Point {
-        second,
-        accepted: s.accepted,
-        fiscalized: s.fiscalized,
-        accept_p50_ms: q(&s.accept, 0.5),
-        accept_p99_ms: q(&s.accept, 0.99),
-        fiscal_p50_ms: q(&s.fiscal, 0.5),
-        fiscal_p99_ms: q(&s.fiscal, 0.99),
-        fiscal_max_ms: if s.fiscal.is_empty() {
-            0.0
-        } else {
-            ms(s.fiscal.max())
+    match (&s.hists, &s.summary) {
+        (Some(h), _) => {
+            let (accept, fiscal) = &**h;
+            Point {
+                second,
+                accepted: s.accepted,
+                fiscalized: s.fiscalized,
+                accept_p50_ms: q(accept, 0.5),
+                accept_p99_ms: q(accept, 0.99),
+                fiscal_p50_ms: q(fiscal, 0.5),
+                fiscal_p99_ms: q(fiscal, 0.99),
+                fiscal_max_ms: if fiscal.is_empty() {
+                    0.0
+                } else {
+                    ms(fiscal.max())
+                },
+            }
+        }
+        (None, Some(p)) => Point {
+            accepted: s.accepted,
+            fiscalized: s.fiscalized,
+            ..p.clone()
+        },
+        (None, None) => Point {
+            second,
+            accepted: s.accepted,
+            fiscalized: s.fiscalized,
+            accept_p50_ms: 0.0,
+            accept_p99_ms: 0.0,
+            fiscal_p50_ms: 0.0,
+            fiscal_p99_ms: 0.0,
+            fiscal_max_ms: 0.0,
         },
     }
 }
@@ -247,6 +305,28 @@ mod tests {
         assert_eq!(s.len(), 2);
         assert_eq!(s[0].accepted, 99);
         assert_eq!(s[1].fiscalized, 1);
-        assert!((s[1].fiscal_p99_ms - 40.0).abs() < 0.1);
+        assert!((s[1].fiscal_p99_ms - 40.0).abs() < 1.0);
+    }
+
+    #[test]
+    fn old_seconds_keep_their_percentiles_without_histograms() {
+        let start = Instant::now();
+        let l = Latencies::new(start);
+        for sec in 0..30u64 {
+            l.accepted(
+                start + Duration::from_secs(sec),
+                Duration::from_millis(10 + sec),
+            );
+        }
+        let inner = l.inner.lock();
+        let open = inner.seconds.iter().filter(|s| s.hists.is_some()).count();
+        assert_eq!(open, OPEN_SECONDS);
+        drop(inner);
+        let s = l.series();
+        assert_eq!(s.len(), 30);
+        // Summarised seconds answer as before.
+        assert_eq!(s[3].accepted, 1);
+        assert!((s[3].accept_p99_ms - 13.0).abs() < 0.2, "{:?}", s[3]);
+        assert!((s[29].accept_p50_ms - 39.0).abs() < 0.5, "{:?}", s[29]);
     }
 }
