@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body::Body;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::{LengthLimitError, Limited};
 use tower_service::Service;
 
 use super::context::{CompletedInTransaction, IdempotencyContext, IdempotencyScope, to_http};
@@ -158,7 +158,14 @@ where
     let route = config.route.as_deref().unwrap_or(parts.uri.path());
     let operation = match &config.operation {
         Some(op) => op.clone(),
-        None => format!("{} {}", parts.method, route),
+        None => {
+            let method = parts.method.as_str();
+            let mut op = String::with_capacity(method.len() + 1 + route.len());
+            op.push_str(method);
+            op.push(' ');
+            op.push_str(route);
+            op
+        }
     };
     let (tenant, principal) = match parts.extensions.get::<IdempotencyScope>() {
         Some(who) => (who.tenant.clone(), who.principal.clone()),
@@ -179,8 +186,8 @@ where
         }
     };
 
-    let bytes = match Limited::new(body, config.max_request_body).collect().await {
-        Ok(c) => c.to_bytes(),
+    let bytes = match read_body(Limited::new(body, config.max_request_body)).await {
+        Ok(b) => b,
         Err(e) if e.is::<LengthLimitError>() => {
             return Ok(problem(
                 &config.problem_type_base,
@@ -284,11 +291,11 @@ where
         return Ok(resp);
     }
     let (parts, body) = resp.into_parts();
-    let collected = renewing(&config, &lease, body.collect())
+    let collected = renewing(&config, &lease, read_body(body))
         .await
         .map_err(|e| Into::<BoxError>::into(e).to_string());
     let bytes = match collected {
-        Ok(c) => c.to_bytes(),
+        Ok(b) => b,
         Err(e) => {
             tracing::warn!(key = %lease.key(), error = %e, "response body failed; releasing idempotency key");
             release(&config, &lease).await;
@@ -329,6 +336,35 @@ where
         }
     }
     Ok(Response::from_parts(parts, ResBody::from(bytes)))
+}
+
+/// Reads a whole body into one buffer, as `collect().to_bytes()` does
+/// (trailers are dropped), without its queue of frames: a body of a single
+/// data frame (the usual case) is handed over without a copy.
+async fn read_body<B: Body>(body: B) -> Result<Bytes, B::Error> {
+    let mut body = pin!(body);
+    let mut first = Bytes::new();
+    let mut more: Option<BytesMut> = None;
+    while let Some(frame) = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+        let Ok(mut data) = frame?.into_data() else {
+            continue;
+        };
+        let chunk = data.copy_to_bytes(data.remaining());
+        if chunk.is_empty() {
+            continue;
+        }
+        if let Some(m) = &mut more {
+            m.extend_from_slice(&chunk);
+        } else if first.is_empty() {
+            first = chunk;
+        } else {
+            let mut m = BytesMut::with_capacity(first.len() + chunk.len());
+            m.extend_from_slice(&first);
+            m.extend_from_slice(&chunk);
+            more = Some(m);
+        }
+    }
+    Ok(more.map_or(first, BytesMut::freeze))
 }
 
 /// Runs `work` and, while it runs, renews `lease` every
@@ -399,4 +435,63 @@ fn unavailable<B: From<Bytes>>(base: &str, e: &Error) -> Response<B> {
         ),
         Duration::from_secs(1),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::convert::Infallible;
+    use std::pin::Pin;
+
+    use http::HeaderMap;
+    use http_body::Frame;
+
+    use super::*;
+
+    /// A body made of the given frames.
+    struct Frames(VecDeque<Frame<Bytes>>);
+
+    impl Body for Frames {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            Poll::Ready(self.0.pop_front().map(Ok))
+        }
+    }
+
+    fn read(frames: Vec<Frame<Bytes>>) -> Bytes {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        match rt.block_on(read_body(Frames(frames.into()))) {
+            Ok(b) => b,
+            Err(e) => match e {},
+        }
+    }
+
+    #[test]
+    fn read_body_joins_frames_and_drops_trailers() {
+        let data = |s: &'static str| Frame::data(Bytes::from_static(s.as_bytes()));
+        assert_eq!(read(vec![]), Bytes::new());
+        assert_eq!(read(vec![data("")]), Bytes::new());
+        let one = Bytes::from_static(b"{\"a\":1}");
+        let got = read(vec![Frame::data(one.clone())]);
+        assert_eq!(got, one);
+        // A single frame is handed over, not copied.
+        assert_eq!(got.as_ptr(), one.as_ptr());
+        assert_eq!(
+            read(vec![
+                data("ab"),
+                data(""),
+                data("cd"),
+                Frame::trailers(HeaderMap::new()),
+                data("e"),
+            ]),
+            Bytes::from_static(b"abcde")
+        );
+    }
 }
