@@ -15,113 +15,227 @@ use crate::key::IdempotencyKey;
 use crate::lease::{BeginOptions, Lease, RecoveryPoint};
 use crate::response::StoredResponse;
 
+// Record format. A record is one string:
+//
+//   byte 1        state: `P` pending, `D` done
+//   bytes 2-21    fencing token, 20 characters, zero-padded decimal
+//   bytes 22-41   lease_until (ms), same encoding; 0 once done
+//   bytes 42-61   expires_at (ms), same encoding
+//   bytes 62-93   the request fingerprint (32 bytes)
+//   bytes 94-     pending: empty, or the recovery point as the phase's length
+//                 (10 digits), the phase, then the state; done: the response
+//
+// The client builds every fixed-width field, so the common operations are a
+// string comparison and a `SET` (or `SETRANGE`) inside the script: `begin` on
+// an absent key is one `SET NX PX`, `complete` one `GETRANGE` and one `SET`.
+//
+// Records written by earlier versions are hashes (fields fp, tok, lu, done,
+// exp, ph, ps, resp). Every script recognises one by the `WRONGTYPE` answer to
+// its first read and then runs the earlier version's logic on the hash,
+// unchanged, so records written before an upgrade (or by instances not yet
+// upgraded) keep their meaning until they expire. Earlier versions' scripts
+// fail with `WRONGTYPE` on a string record before writing anything.
+
 /// Claims, replays, reports in flight or mismatch, or takes over; mirrors
-/// the in-memory state machine. ARGV: fp, now, lease_until, expires_at,
-/// token floor, expires_at - now (at least 1).
+/// the in-memory state machine. ARGV: the fresh record (`P`, token floor,
+/// lease_until, expires_at, fingerprint), expires_at - now (at least 1), now.
 ///
-/// An absent key (the common case) is claimed first, without converting
-/// numbers or building the takeover closure: the token is the floor and the
-/// record lives until expires_at, as `claim(nil, false)` would write it.
+/// An absent key (the common case) is claimed with one `SET NX PX` and
+/// answers 1: the token is the floor, no recovery point, not taken over.
 const BEGIN: &str = r"
-local k = KEYS[1]
-local fp = ARGV[1]
-local r = redis.call('HMGET', k, 'fp', 'tok', 'lu', 'done', 'exp')
-if not r[1] then
-  redis.call('HSET', k, 'fp', fp, 'tok', ARGV[5], 'lu', ARGV[3], 'done', '0', 'exp', ARGV[4])
-  redis.call('PEXPIRE', k, ARGV[6])
-  return {'E', ARGV[5]}
+local k, rec = KEYS[1], ARGV[1]
+if redis.call('SET', k, rec, 'NX', 'PX', ARGV[2]) then return 1 end
+local now, fp = tonumber(ARGV[3]), string.sub(rec, 62, 93)
+local v = redis.pcall('GET', k)
+if type(v) == 'table' then
+  local lu, exp, floor = string.sub(rec, 22, 41), tonumber(string.sub(rec, 42, 61)), tonumber(string.sub(rec, 2, 21))
+  local r = redis.call('HMGET', k, 'fp', 'tok', 'lu', 'done', 'exp')
+  if not r[1] then
+    redis.call('HSET', k, 'fp', fp, 'tok', string.sub(rec, 2, 21), 'lu', lu, 'done', '0', 'exp', string.sub(rec, 42, 61))
+    redis.call('PEXPIRE', k, ARGV[2])
+    return {'E', string.sub(rec, 2, 21)}
+  end
+  local function claim(prev, keep)
+    local tok = floor
+    if prev and prev + 1 > tok then tok = prev + 1 end
+    local e = exp
+    local ph, ps = false, false
+    if prev then
+      if keep then
+        local old = tonumber(r[5])
+        if old > e then e = old end
+        local p = redis.call('HMGET', k, 'ph', 'ps')
+        ph, ps = p[1], p[2]
+        redis.call('HDEL', k, 'resp')
+      else
+        redis.call('HDEL', k, 'ph', 'ps', 'resp')
+      end
+    end
+    local t = string.format('%.0f', tok)
+    redis.call('HSET', k, 'fp', fp, 'tok', t, 'lu', lu, 'done', '0', 'exp', string.format('%.0f', e))
+    local px = e - now
+    if px < 1 then px = 1 end
+    redis.call('PEXPIRE', k, string.format('%.0f', px))
+    return {'E', t, ph, ps, keep and 1 or 0}
+  end
+  if tonumber(r[5]) <= now then return claim(tonumber(r[2]), false) end
+  if r[1] ~= fp then return {'M'} end
+  if r[4] == '1' then return {'R', redis.call('HGET', k, 'resp')} end
+  local held = tonumber(r[3])
+  if held > now then return {'I', string.format('%.0f', held - now)} end
+  return claim(tonumber(r[2]), true)
 end
-local now, lu, exp, floor = tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
-local function claim(prev, keep)
-  local tok = floor
-  if prev and prev + 1 > tok then tok = prev + 1 end
-  local e = exp
-  local ph, ps = false, false
-  if prev then
-    if keep then
-      local old = tonumber(r[5])
-      if old > e then e = old end
-      local p = redis.call('HMGET', k, 'ph', 'ps')
-      ph, ps = p[1], p[2]
-      redis.call('HDEL', k, 'resp')
-    else
-      redis.call('HDEL', k, 'ph', 'ps', 'resp')
+local st = string.sub(v or '', 1, 1)
+if (st ~= 'P' and st ~= 'D') or #v < 93 then return redis.error_reply('corrupt idempotency record') end
+local prev, e = tonumber(string.sub(v, 2, 21)), tonumber(string.sub(v, 42, 61))
+local function claim(keep)
+  local t = tonumber(string.sub(rec, 2, 21))
+  if prev + 1 > t then t = prev + 1 end
+  local ts = string.format('%020.0f', t)
+  local es = string.sub(rec, 42, 61)
+  local ex = tonumber(es)
+  local tail, ph, ps = '', false, false
+  if keep then
+    if e > ex then es, ex = string.sub(v, 42, 61), e end
+    tail = string.sub(v, 94)
+    if #tail > 0 then
+      local n = tonumber(string.sub(tail, 1, 10))
+      ph, ps = string.sub(tail, 11, 10 + n), string.sub(tail, 11 + n)
     end
   end
-  local t = string.format('%.0f', tok)
-  redis.call('HSET', k, 'fp', fp, 'tok', t, 'lu', lu, 'done', '0', 'exp', string.format('%.0f', e))
-  local px = e - now
+  local px = ex - now
   if px < 1 then px = 1 end
-  redis.call('PEXPIRE', k, string.format('%.0f', px))
-  return {'E', t, ph, ps, keep and 1 or 0}
+  redis.call('SET', k, 'P' .. ts .. string.sub(rec, 22, 41) .. es .. fp .. tail, 'PX', string.format('%.0f', px))
+  return {'E', ts, ph, ps, keep and 1 or 0}
 end
-if tonumber(r[5]) <= now then return claim(tonumber(r[2]), false) end
-if r[1] ~= fp then return {'M'} end
-if r[4] == '1' then return {'R', redis.call('HGET', k, 'resp')} end
-local held = tonumber(r[3])
+if e <= now then return claim(false) end
+if string.sub(v, 62, 93) ~= fp then return {'M'} end
+if st == 'D' then return {'R', string.sub(v, 94)} end
+local held = tonumber(string.sub(v, 22, 41))
 if held > now then return {'I', string.format('%.0f', held - now)} end
-return claim(tonumber(r[2]), true)
+return claim(true)
 ";
 
-/// The fenced lease extension shared by [`RENEW`] and [`CHECKPOINT`]
-/// (a macro, so that `concat!` can join it). ARGV: token, lease_until,
-/// lease in ms.
+/// The start shared by [`RENEW`] and [`CHECKPOINT`] (a macro, so that
+/// `concat!` can join it): reads the header (and fingerprint), and on a
+/// legacy hash runs the earlier fenced lease extension. ARGV: `P` and the
+/// token, lease_until (20 digits), lease in ms, then for a checkpoint the
+/// recovery point as stored.
 macro_rules! extend_lease_lua {
-    () => {
-        r"
+    ($legacy_extra:literal) => {
+        concat!(
+            r"
 local k = KEYS[1]
-local r = redis.call('HMGET', k, 'tok', 'done', 'exp')
-if not r[1] or tonumber(r[1]) ~= tonumber(ARGV[1]) or r[2] == '1' then return 0 end
-redis.call('HSET', k, 'lu', ARGV[2])
-if tonumber(ARGV[2]) > tonumber(r[3]) then
-  redis.call('HSET', k, 'exp', ARGV[2])
-  redis.call('PEXPIRE', k, ARGV[3])
+local h = redis.pcall('GETRANGE', k, 0, 92)
+if type(h) == 'table' then
+  local r = redis.call('HMGET', k, 'tok', 'done', 'exp')
+  if not r[1] or tonumber(r[1]) ~= tonumber(string.sub(ARGV[1], 2)) or r[2] == '1' then return 0 end
+  redis.call('HSET', k, 'lu', ARGV[2])
+  if tonumber(ARGV[2]) > tonumber(r[3]) then
+    redis.call('HSET', k, 'exp', ARGV[2])
+    redis.call('PEXPIRE', k, ARGV[3])
+  end
+",
+            $legacy_extra,
+            r"
+  return 1
 end
+if string.sub(h, 1, 21) ~= ARGV[1] then return 0 end
+if #h < 93 then return redis.error_reply('corrupt idempotency record') end
+local lu = ARGV[2]
+local extend = tonumber(lu) > tonumber(string.sub(h, 42, 61))
 "
+        )
     };
 }
 
-/// Extends the lease, keeping the recovery point. ARGV: token, lease_until,
-/// lease in ms.
-const RENEW: &str = concat!(extend_lease_lua!(), "return 1\n");
-
-/// Extends the lease and records a recovery point. ARGV: token, lease_until,
-/// lease in ms, phase, state.
-const CHECKPOINT: &str = concat!(
-    extend_lease_lua!(),
-    "redis.call('HSET', k, 'ph', ARGV[4], 'ps', ARGV[5])\nreturn 1\n"
+/// Extends the lease, keeping the recovery point: overwrites lease_until
+/// (and expires_at when the lease now outlives it) in place.
+const RENEW: &str = concat!(
+    extend_lease_lua!(""),
+    r"
+if extend then
+  redis.call('SETRANGE', k, 21, lu .. lu)
+  redis.call('PEXPIRE', k, ARGV[3])
+else
+  redis.call('SETRANGE', k, 21, lu)
+end
+return 1
+"
 );
 
-/// ARGV: token, response, expires_at, ttl in ms.
+/// Extends the lease and records a recovery point (ARGV[4]: the phase's
+/// length in 10 digits, the phase, the state).
+const CHECKPOINT: &str = concat!(
+    extend_lease_lua!(
+        r"
+  local n = tonumber(string.sub(ARGV[4], 1, 10))
+  redis.call('HSET', k, 'ph', string.sub(ARGV[4], 11, 10 + n), 'ps', string.sub(ARGV[4], 11 + n))
+"
+    ),
+    r"
+local rec = string.sub(h, 1, 21) .. lu .. (extend and lu or string.sub(h, 42, 61)) .. string.sub(h, 62, 93) .. ARGV[4]
+if extend then
+  redis.call('SET', k, rec, 'PX', ARGV[3])
+else
+  redis.call('SET', k, rec, 'KEEPTTL')
+end
+return 1
+"
+);
+
+/// ARGV: `P` and the token, the done record's header (`D`, token,
+/// lease_until 0, expires_at), the response, ttl in ms.
 const COMPLETE: &str = r"
 local k = KEYS[1]
-local r = redis.call('HMGET', k, 'tok', 'done', 'ph')
-if not r[1] or tonumber(r[1]) ~= tonumber(ARGV[1]) or r[2] == '1' then return 0 end
-if r[3] then redis.call('HDEL', k, 'ph', 'ps') end
-redis.call('HSET', k, 'done', '1', 'resp', ARGV[2], 'lu', '0', 'exp', ARGV[3])
-redis.call('PEXPIRE', k, ARGV[4])
+local h = redis.pcall('GETRANGE', k, 0, 92)
+if type(h) == 'table' then
+  local r = redis.call('HMGET', k, 'tok', 'done', 'ph')
+  if not r[1] or tonumber(r[1]) ~= tonumber(string.sub(ARGV[1], 2)) or r[2] == '1' then return 0 end
+  if r[3] then redis.call('HDEL', k, 'ph', 'ps') end
+  redis.call('HSET', k, 'done', '1', 'resp', ARGV[3], 'lu', '0', 'exp', string.sub(ARGV[2], 42, 61))
+  redis.call('PEXPIRE', k, ARGV[4])
+  return 1
+end
+if string.sub(h, 1, 21) ~= ARGV[1] then return 0 end
+if #h < 93 then return redis.error_reply('corrupt idempotency record') end
+redis.call('SET', k, ARGV[2] .. string.sub(h, 62, 93) .. ARGV[3], 'PX', ARGV[4])
 return 1
 ";
 
-/// ARGV: token, now.
+/// Deletes a record without a recovery point; keeps one with, its lease
+/// ended. ARGV: `P` and the token, now (20 digits).
 const RELEASE: &str = r"
 local k = KEYS[1]
-local r = redis.call('HMGET', k, 'tok', 'done', 'ph')
-if not r[1] or tonumber(r[1]) ~= tonumber(ARGV[1]) or r[2] == '1' then return 0 end
-if r[3] then
-  redis.call('HSET', k, 'lu', ARGV[2])
+local h = redis.pcall('GETRANGE', k, 0, 93)
+if type(h) == 'table' then
+  local r = redis.call('HMGET', k, 'tok', 'done', 'ph')
+  if not r[1] or tonumber(r[1]) ~= tonumber(string.sub(ARGV[1], 2)) or r[2] == '1' then return 0 end
+  if r[3] then
+    redis.call('HSET', k, 'lu', ARGV[2])
+  else
+    redis.call('DEL', k)
+  end
+  return 1
+end
+if string.sub(h, 1, 21) ~= ARGV[1] then return 0 end
+if #h > 93 then
+  redis.call('SETRANGE', k, 21, ARGV[2])
 else
   redis.call('DEL', k)
 end
 return 1
 ";
 
-/// Deletes those of KEYS whose logical expiry has passed. ARGV: now.
+/// Deletes those of KEYS whose logical expiry has passed (string records and
+/// legacy hashes). ARGV: now.
 const REAP: &str = r"
-local n = 0
+local n, now = 0, tonumber(ARGV[1])
 for _, k in ipairs(KEYS) do
-  local e = tonumber(redis.call('HGET', k, 'exp'))
-  if e and e <= tonumber(ARGV[1]) then
+  local e = redis.pcall('GETRANGE', k, 41, 60)
+  if type(e) == 'table' then e = redis.pcall('HGET', k, 'exp') end
+  e = tonumber(e)
+  if e and e <= now then
     redis.call('DEL', k)
     n = n + 1
   end
@@ -139,7 +253,8 @@ struct Scripts {
     reap: Script,
 }
 
-/// An [`IdempotencyStore`](crate::IdempotencyStore) in Redis: one hash per key.
+/// An [`IdempotencyStore`](crate::IdempotencyStore) in Redis: one string per
+/// key (hashes written by earlier versions are still read and honoured).
 ///
 /// Each operation is one Lua script, sent with `EVALSHA` (the script is
 /// loaded on the first `NOSCRIPT` answer), so every call is one round trip
@@ -175,6 +290,31 @@ fn int(v: &Value) -> Option<i64> {
         Value::Int(i) => Some(*i),
         other => std::str::from_utf8(bulk(other)?).ok()?.parse().ok(),
     }
+}
+
+/// Appends `n` as 20 characters: zero-padded decimal, a leading `-` when
+/// negative (as Lua's `%020.0f` writes it).
+fn push_num(buf: &mut Vec<u8>, n: i64) {
+    let mut digits = [b'0'; 20];
+    let mut m = n.unsigned_abs();
+    let mut i = digits.len();
+    while m > 0 && i > 0 {
+        i -= 1;
+        digits[i] = b"0123456789"[(m % 10) as usize];
+        m /= 10;
+    }
+    if n < 0 {
+        digits[0] = b'-';
+    }
+    buf.extend_from_slice(&digits);
+}
+
+/// `P` and the token: the start of a pending record held with `token`.
+fn held_prefix(token: i64) -> Vec<u8> {
+    let mut b = Vec::with_capacity(21);
+    b.push(b'P');
+    push_num(&mut b, token);
+    b
 }
 
 fn corrupt(what: &str) -> Error {
@@ -238,21 +378,23 @@ impl RedisIdempotencyStore {
         format!("{}{}", self.prefix, key.storage_key())
     }
 
-    /// Runs a script built on `extend_lease_lua!` with ARGV token,
-    /// lease_until, lease in ms, then `extra`; updates the lease's expiry.
+    /// Runs a script built on `extend_lease_lua!` with ARGV `P` and the
+    /// token, lease_until, lease in ms, then `extra`; updates the lease's
+    /// expiry.
     async fn extend(
         &self,
         script: &Script,
         lease: &mut Lease,
-        extra: &[&[u8]],
+        extra: Option<&[u8]>,
     ) -> Result<(), Error> {
         let now = self.clock.now_ms();
         let until = now.saturating_add(clock::ms(lease.duration));
-        let token = lease.token.to_string();
-        let until_s = until.to_string();
+        let mut until_s = Vec::with_capacity(20);
+        push_num(&mut until_s, until);
         let lease_ms = clock::ms(lease.duration).max(1).to_string();
-        let mut args: Vec<&[u8]> = vec![token.as_bytes(), until_s.as_bytes(), lease_ms.as_bytes()];
-        args.extend_from_slice(extra);
+        let prefix = held_prefix(lease.token);
+        let mut args: Vec<&[u8]> = vec![&prefix, &until_s, lease_ms.as_bytes()];
+        args.extend(extra);
         self.fenced(script, &lease.key, &args).await?;
         lease.expires_at_ms = until;
         Ok(())
@@ -289,22 +431,37 @@ impl crate::store::IdempotencyStore for RedisIdempotencyStore {
         let now = self.clock.now_ms();
         let lease_until = now.saturating_add(clock::ms(opts.lease));
         let expires_at = now.saturating_add(clock::ms(opts.ttl)).max(lease_until);
+        let floor = now.max(1);
+        let mut rec = Vec::with_capacity(93);
+        rec.push(b'P');
+        push_num(&mut rec, floor);
+        push_num(&mut rec, lease_until);
+        push_num(&mut rec, expires_at);
+        rec.extend_from_slice(fp.as_bytes());
         let mut conn = self.conn.clone();
         let v: Value = self
             .scripts
             .begin
             .key(self.redis_key(key))
-            .arg(&fp.as_bytes()[..])
-            .arg(now)
-            .arg(lease_until)
-            .arg(expires_at)
-            .arg(now.max(1))
+            .arg(rec)
             .arg(expires_at.saturating_sub(now).max(1))
+            .arg(now)
             .invoke_async(&mut conn)
             .await
             .map_err(Error::backend)?;
-        let Value::Array(items) = v else {
-            return Err(corrupt("begin"));
+        let items = match v {
+            Value::Array(items) => items,
+            Value::Int(1) => {
+                return Ok(Begin::Execute(Lease {
+                    key: std::sync::Arc::new(key.clone()),
+                    token: floor,
+                    expires_at_ms: lease_until,
+                    duration: opts.lease,
+                    recovery: None,
+                    taken_over: false,
+                }));
+            }
+            _ => return Err(corrupt("begin")),
         };
         let tag = items
             .first()
@@ -353,18 +510,19 @@ impl crate::store::IdempotencyStore for RedisIdempotencyStore {
     }
 
     async fn checkpoint(&self, lease: &mut Lease, point: &RecoveryPoint) -> Result<(), Error> {
-        self.extend(
-            &self.scripts.checkpoint,
-            lease,
-            &[point.phase.as_bytes(), &point.state],
-        )
-        .await?;
+        let phase = point.phase.as_bytes();
+        let mut tail = Vec::with_capacity(10 + phase.len() + point.state.len());
+        tail.extend_from_slice(format!("{:010}", phase.len()).as_bytes());
+        tail.extend_from_slice(phase);
+        tail.extend_from_slice(&point.state);
+        self.extend(&self.scripts.checkpoint, lease, Some(&tail))
+            .await?;
         lease.recovery = Some(point.clone());
         Ok(())
     }
 
     async fn renew(&self, lease: &mut Lease) -> Result<(), Error> {
-        self.extend(&self.scripts.renew, lease, &[]).await
+        self.extend(&self.scripts.renew, lease, None).await
     }
 
     async fn complete(
@@ -375,29 +533,28 @@ impl crate::store::IdempotencyStore for RedisIdempotencyStore {
     ) -> Result<(), Error> {
         let now = self.clock.now_ms();
         let ttl_ms = clock::ms(ttl).max(1);
-        let token = lease.token.to_string();
-        let exp = now.saturating_add(ttl_ms).to_string();
+        let prefix = held_prefix(lease.token);
+        let mut head = Vec::with_capacity(61);
+        head.push(b'D');
+        push_num(&mut head, lease.token);
+        push_num(&mut head, 0);
+        push_num(&mut head, now.saturating_add(ttl_ms));
         let ttl_s = ttl_ms.to_string();
         self.fenced(
             &self.scripts.complete,
             &lease.key,
-            &[
-                token.as_bytes(),
-                &response.encode(),
-                exp.as_bytes(),
-                ttl_s.as_bytes(),
-            ],
+            &[&prefix, &head, &response.encode(), ttl_s.as_bytes()],
         )
         .await
     }
 
     async fn release(&self, lease: &Lease) -> Result<(), Error> {
-        let now = self.clock.now_ms().to_string();
-        let token = lease.token.to_string();
+        let mut now = Vec::with_capacity(20);
+        push_num(&mut now, self.clock.now_ms());
         self.fenced(
             &self.scripts.release,
             &lease.key,
-            &[token.as_bytes(), now.as_bytes()],
+            &[&held_prefix(lease.token), &now],
         )
         .await
     }
