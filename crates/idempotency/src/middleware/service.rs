@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::{HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode, header};
 use http_body::Body;
 use http_body_util::{LengthLimitError, Limited};
 use tower_service::Service;
@@ -24,6 +24,11 @@ use crate::lease::Lease;
 use crate::policy::{Disposition, InFlightPolicy};
 use crate::response::StoredResponse;
 use crate::store::IdempotencyStore;
+
+/// [`IDEMPOTENCY_KEY`] as a header name, so that looking it up parses nothing.
+static KEY_HEADER: HeaderName = HeaderName::from_static(IDEMPOTENCY_KEY);
+/// [`IDEMPOTENT_REPLAYED`] as a header name.
+static REPLAYED_HEADER: HeaderName = HeaderName::from_static(IDEMPOTENT_REPLAYED);
 
 /// Makes the inner service idempotent per `Idempotency-Key`; see the
 /// [module docs](super) for the answers it gives.
@@ -115,7 +120,7 @@ where
     if !config.methods.contains(req.method()) {
         return inner.call(req).await;
     }
-    let mut values = req.headers().get_all(IDEMPOTENCY_KEY).iter();
+    let mut values = req.headers().get_all(&KEY_HEADER).iter();
     let raw = match (values.next(), values.next()) {
         (None, _) if config.require_for.contains(req.method()) => {
             return Ok(problem(
@@ -243,7 +248,7 @@ where
         Ok(Begin::Replay(stored)) => {
             let mut resp = to_http::<ResBody>(&stored);
             resp.headers_mut()
-                .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+                .insert(REPLAYED_HEADER.clone(), HeaderValue::from_static("true"));
             return Ok(resp);
         }
         Ok(Begin::InFlight { retry_after }) => {
