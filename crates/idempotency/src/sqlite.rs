@@ -39,6 +39,13 @@ const UPSERT: &str = "INSERT INTO idem_records (tenant, principal, operation, cl
      lease_until = excluded.lease_until, phase = excluded.phase, phase_state = excluded.phase_state, \
      completed = 0, response = NULL, created_at = excluded.created_at, expires_at = excluded.expires_at";
 
+/// A claim of a key no record holds (the common case): nothing happens when
+/// one does.
+const INSERT_FRESH: &str = "INSERT INTO idem_records (tenant, principal, operation, client_key, \
+     fingerprint, lease_token, lease_until, phase, phase_state, completed, response, created_at, expires_at) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, NULL, 0, NULL, ?8, ?9) \
+     ON CONFLICT (tenant, principal, operation, client_key) DO NOTHING";
+
 /// A checkpoint, or with NULL phase and state a renewal (the recovery point is kept).
 const EXTEND: &str = "UPDATE idem_records SET phase = COALESCE(?6, phase), \
      phase_state = COALESCE(?7, phase_state), lease_until = ?8, expires_at = MAX(expires_at, ?8) \
@@ -197,7 +204,47 @@ impl SqliteIdempotencyStore {
         self.complete_on(tx, lease, response, ttl).await
     }
 
+    /// Claims `key` in one statement when no record holds it, as
+    /// [`record::begin`] would for an absent record; `None` when one does.
+    async fn claim_fresh(
+        &self,
+        conn: &mut SqliteConnection,
+        key: &IdempotencyKey,
+        fp: &Fingerprint,
+        opts: &BeginOptions,
+    ) -> Result<Option<Begin>, Error> {
+        let now = self.clock.now_ms();
+        let (Some(w), answer) = record::begin(None, key, fp, now, opts) else {
+            return Ok(None);
+        };
+        let inserted = bind_key!(sqlx::query(INSERT_FRESH), key)
+            .bind(&w.fingerprint.as_bytes()[..])
+            .bind(w.token)
+            .bind(w.lease_until)
+            .bind(now)
+            .bind(w.expires_at)
+            .execute(&mut *conn)
+            .await
+            .map_err(Error::backend)?
+            .rows_affected();
+        Ok((inserted == 1).then_some(answer))
+    }
+
     async fn begin_on(
+        &self,
+        conn: &mut SqliteConnection,
+        key: &IdempotencyKey,
+        fp: &Fingerprint,
+        opts: &BeginOptions,
+    ) -> Result<Begin, Error> {
+        if let Some(answer) = self.claim_fresh(conn, key, fp, opts).await? {
+            return Ok(answer);
+        }
+        self.decide_on(conn, key, fp, opts).await
+    }
+
+    /// Reads the record and writes what the state machine decides.
+    async fn decide_on(
         &self,
         conn: &mut SqliteConnection,
         key: &IdempotencyKey,
@@ -296,12 +343,20 @@ impl crate::store::IdempotencyStore for SqliteIdempotencyStore {
         fp: &Fingerprint,
         opts: &BeginOptions,
     ) -> Result<Begin, Error> {
+        // A fresh key (the common case) is one autocommit statement; any
+        // other reads and decides under the write lock.
+        {
+            let mut conn = self.pool.acquire().await.map_err(Error::backend)?;
+            if let Some(answer) = self.claim_fresh(&mut conn, key, fp, opts).await? {
+                return Ok(answer);
+            }
+        }
         let mut tx = self
             .pool
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(Error::backend)?;
-        let answer = self.begin_on(&mut tx, key, fp, opts).await?;
+        let answer = self.decide_on(&mut tx, key, fp, opts).await?;
         tx.commit().await.map_err(Error::backend)?;
         Ok(answer)
     }
