@@ -80,7 +80,13 @@ fn production_shape_survives_kills_of_every_role() {
             "4",
             "--flows",
             "2000",
-            "--clients",
+            // Open loop at 25 flows/s (at most 96 in flight): the load lasts
+            // at least 80 s however fast the server is. A round of the ten
+            // faults takes about 28 s (link cuts and restarts take their
+            // time), so every kind comes round at least twice.
+            "--rate",
+            "25",
+            "--max-in-flight",
             "96",
             "--faults-every",
             "1.5",
@@ -144,7 +150,11 @@ fn embedded_shape_survives_kills_and_device_journals_agree() {
             "embedded",
             "--flows",
             "800",
-            "--clients",
+            // At least 20 s of load at 40 flows/s (at most 32 in flight):
+            // two and a half rounds of faults.
+            "--rate",
+            "40",
+            "--max-in-flight",
             "32",
             "--faults-every",
             "2",
