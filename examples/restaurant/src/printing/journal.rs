@@ -74,23 +74,23 @@ pub(crate) async fn finish(
     replacing: Replacing,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let text = serde_json::to_string(outcome)?;
-    let sql = match replacing {
-        Replacing::Nothing => {
-            "UPDATE agent_journal SET outcome = $2, outcome_at = $3 WHERE sale_key = $1 AND outcome IS NULL"
-        }
-        Replacing::Unknown => {
-            "UPDATE agent_journal SET outcome = $2, outcome_at = $3 WHERE sale_key = $1 \
-             AND outcome LIKE '{\"result\":\"unknown\"%'"
-        }
+    // What the outcome column may hold now: NULL (as '') or `unknown`.
+    let may_replace = match replacing {
+        Replacing::Nothing => "",
+        Replacing::Unknown => crate::store::print_jobs::UNKNOWN,
     };
     let mut tx = db.begin().await?;
     let n = on_tx!(&mut tx, |e| {
-        sqlx::query(sql)
-            .bind(key)
-            .bind(&text)
-            .bind(now_ms())
-            .execute(e)
-            .map_ok(|r| r.rows_affected())
+        sqlx::query(
+            "UPDATE agent_journal SET outcome = $2, outcome_at = $3 \
+             WHERE sale_key = $1 AND COALESCE(outcome, '') LIKE $4",
+        )
+        .bind(key)
+        .bind(&text)
+        .bind(now_ms())
+        .bind(may_replace)
+        .execute(e)
+        .map_ok(|r| r.rows_affected())
     })?;
     on_tx!(&mut tx, |e| sqlx::query(
         "UPDATE agent_jobs SET done = 1 WHERE sale_key = $1"

@@ -136,9 +136,9 @@ pub(crate) async fn complete(
     })
 }
 
-/// The outcome column of a job that ended unknown (the tag is serialized
-/// first).
-const UNKNOWN: &str = r#"{"result":"unknown"%"#;
+/// A `LIKE` pattern for the outcome column of a job that ended unknown
+/// (the tag is serialized first); the agent's journal uses it too.
+pub(crate) const UNKNOWN: &str = r#"{"result":"unknown"%"#;
 
 /// Replaces an `unknown` outcome with a person's answer, as the agent
 /// reports it. Returns the job when this call recorded it.
