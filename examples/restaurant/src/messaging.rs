@@ -20,11 +20,12 @@ use std::time::Duration;
 
 use counterfoil_outbox::{
     AmqpConsumer, AmqpPublisher, Binding, Destination, Handler, InProcessBus, OutboxMessage,
-    OutboxStore, PgOutboxStore, Publisher, QueueTopology, Relay, RelayHandle, SqliteOutboxStore,
+    OutboxStore, PgOutboxStore, PublishError, Publisher, QueueTopology, Relay, RelayHandle,
+    SqliteOutboxStore,
 };
 use serde::{Deserialize, Serialize};
 
-use crate::db::{Db, Tx};
+use crate::db::{Db, Durability, Tx};
 use crate::store::print_jobs::{PrintJob, PrintOutcome};
 use crate::store::printers::PrinterState;
 
@@ -265,16 +266,22 @@ impl Outbox {
         }
     }
 
-    /// Starts a relay from this outbox to `bus`.
+    /// Starts a relay from this outbox to `bus`; each batch is published
+    /// only once the commits before it are on disk (`durable`).
     pub(crate) fn relay(
         &self,
         bus: &Bus,
+        durable: Durability,
     ) -> Result<RelayHandle, Box<dyn std::error::Error + Send + Sync>> {
         let store: Arc<dyn OutboxStore> = match self {
             Outbox::Postgres(s) => s.clone(),
             Outbox::Sqlite(s) => s.clone(),
         };
-        let relay = Relay::builder(store, bus.publisher()?)
+        let publisher: Arc<dyn Publisher> = Arc::new(AfterSync {
+            inner: bus.publisher()?,
+            durable,
+        });
+        let relay = Relay::builder(store, publisher)
             .mode(counterfoil_outbox::ClaimMode::Ordered)
             // A relay killed holding a claim delays its printer's messages
             // (ordered per printer) until the lease ends: keep it short, above
@@ -283,5 +290,27 @@ impl Outbox {
             .poll_interval(Duration::from_millis(10), Duration::from_millis(200))
             .build()?;
         Ok(relay.spawn())
+    }
+}
+
+/// A publisher that first waits for the commits before the batch to reach
+/// the disk (group commit, see [`Durability`]): an agent never prints a
+/// receipt for a payment record a power failure could take back.
+#[derive(Debug)]
+struct AfterSync {
+    inner: Arc<dyn Publisher>,
+    durable: Durability,
+}
+
+#[async_trait::async_trait]
+impl Publisher for AfterSync {
+    async fn publish(&self, batch: &[OutboxMessage]) -> Vec<Result<(), PublishError>> {
+        match self.durable.barrier().await {
+            Ok(()) => self.inner.publish(batch).await,
+            Err(e) => batch
+                .iter()
+                .map(|_| Err(PublishError::Unavailable(e.to_string())))
+                .collect(),
+        }
     }
 }

@@ -12,13 +12,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::api::{self, AppState, KeyCache, RateLimiter};
-use crate::config::{Config, Role};
+use crate::config::{Config, Role, SqliteSync};
 use crate::db::{self, Db};
 use crate::flow::results::Results;
 use crate::flow::{Deps, Sagas};
 use crate::messaging::{Bus, Names, Outbox};
 use crate::printing::{self, Agent};
-use crate::provider::{self, GuardedProvider, HttpProvider, PaymentProvider};
+use crate::provider::{self, AfterSync, GuardedProvider, HttpProvider, PaymentProvider};
 use crate::store::{keys, printers};
 use crate::telemetry;
 use counterfoil_outbox::InProcessBus;
@@ -67,7 +67,14 @@ pub(crate) async fn run(config: Config) -> Result<(), BoxError> {
             return Err("--role agent needs --agent-restaurant".into());
         }
         let journal_url = config.agent_database_url();
-        let journal = Db::connect(&journal_url, 4, config.sqlite_sync)
+        // The fiscal journal's intent must be on disk before the printer
+        // gets a byte, and it is written inside the device actor: no
+        // grouping there.
+        let agent_sync = match config.sqlite_sync {
+            SqliteSync::Grouped => SqliteSync::Full,
+            other => other,
+        };
+        let journal = Db::connect(&journal_url, 4, agent_sync)
             .await
             .map_err(|e| {
                 format!(
@@ -125,6 +132,7 @@ pub(crate) async fn run(config: Config) -> Result<(), BoxError> {
     .map_err(|e| format!("cannot open the database {}: {e}", db::redact(&url)))?;
     db.migrate().await?;
     seed(&config, &db).await?;
+    let durable = db.durability(config.sqlite_sync);
     let outbox = Outbox::open(&db).await?;
 
     // The provider, for the roles that run saga steps: over HTTP, behind a
@@ -140,7 +148,8 @@ pub(crate) async fn run(config: Config) -> Result<(), BoxError> {
                 Arc::new(HttpProvider::new(&sim.url, config.provider_timeout)?)
             }
         };
-        Some(Arc::new(GuardedProvider::new(http)?))
+        let guarded: Arc<dyn PaymentProvider> = Arc::new(GuardedProvider::new(http)?);
+        Some(Arc::new(AfterSync::new(guarded, durable.clone())))
     } else {
         None
     };
@@ -162,7 +171,7 @@ pub(crate) async fn run(config: Config) -> Result<(), BoxError> {
                 .clone()
                 .run_workers(config.saga_concurrency, stop.child_token()),
         );
-        let results = Arc::new(Results::new(db.clone(), sagas.clone()));
+        let results = Arc::new(Results::new(db.clone(), sagas.clone(), durable.clone()));
         consumers.extend(
             bus.subscribe(
                 &names.results_queue(),
@@ -177,12 +186,12 @@ pub(crate) async fn run(config: Config) -> Result<(), BoxError> {
 
     let mut relays = Vec::new();
     if role.runs(Role::Relay) {
-        relays.push(outbox.relay(&bus)?);
+        relays.push(outbox.relay(&bus, durable.clone())?);
         tracing::info!("outbox relay started");
     }
 
     if role.runs(Role::Serve) {
-        let tail = api::tail::start(db.clone(), stop.child_token()).await?;
+        let tail = api::tail::start(db.clone(), durable.clone(), stop.child_token()).await?;
         let state = AppState {
             db: db.clone(),
             keys: Arc::new(KeyCache::default()),
@@ -194,6 +203,7 @@ pub(crate) async fn run(config: Config) -> Result<(), BoxError> {
             outbox: outbox.clone(),
             names: names.clone(),
             bus: bus.clone(),
+            durable: durable.clone(),
         };
         let idem_store = api::idempotency::store(
             &db,

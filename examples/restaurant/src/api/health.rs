@@ -37,6 +37,11 @@ pub(crate) async fn ready(State(state): State<AppState>) -> Response {
         Ok(kind) => format!("ok ({kind})"),
         Err(e) => format!("error: {e}"),
     };
+    let database = if database == "ok" && !state.durable.healthy() {
+        "error: the write-ahead log could not be synced; restart".to_owned()
+    } else {
+        database
+    };
     let status = if database == "ok" && bus.starts_with("ok") {
         StatusCode::OK
     } else {

@@ -19,14 +19,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::broadcast;
 use tower_http::timeout::TimeoutLayer;
 
-use crate::db::Db;
+use crate::db::{Db, Durability};
 use crate::printing::Simulators;
 use crate::store::events::Event;
 pub(crate) use auth::KeyCache;
@@ -48,6 +50,27 @@ pub(crate) struct AppState {
     pub(crate) names: crate::messaging::Names,
     /// For the readiness probe.
     pub(crate) bus: crate::messaging::Bus,
+    /// Answers wait for the commits before them to reach the disk.
+    pub(crate) durable: Durability,
+}
+
+/// Holds every `/v1` answer until the commits made before it are on disk
+/// (group commit; nothing to wait for unless `--sqlite-sync grouped`), so
+/// a client is never told of a payment a power failure could take back.
+async fn after_sync(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let res = next.run(req).await;
+    match state.durable.barrier().await {
+        Ok(()) => res,
+        Err(e) => {
+            tracing::error!(error = %e, status = %res.status(), "answer withheld");
+            Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not-durable",
+                "the server cannot make its database durable; retry with the same Idempotency-Key once it is restarted",
+            )
+            .into_response()
+        }
+    }
 }
 
 async fn not_found() -> Problem {
@@ -99,6 +122,10 @@ pub(crate) fn router(state: AppState, max_body: usize, idem: Idempotent) -> Rout
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             idempotency::authenticate,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            after_sync,
         ));
     Router::new()
         .nest("/v1", v1)

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::db::Db;
+use crate::db::{Db, Durability};
 use crate::store::events::{self, Event};
 
 /// How long a missing id is waited for.
@@ -21,8 +21,12 @@ const GAP_WAIT: Duration = Duration::from_secs(5);
 const TICK: Duration = Duration::from_millis(50);
 
 /// Starts the tail; subscribe with [`broadcast::Sender::subscribe`].
+///
+/// Events are sent once their commits are on disk (`durable`): a client
+/// never sees a state a power failure could take back.
 pub(crate) async fn start(
     db: Db,
+    durable: Durability,
     stop: CancellationToken,
 ) -> Result<broadcast::Sender<Arc<Event>>, sqlx::Error> {
     let (tx, _) = broadcast::channel(4096);
@@ -32,6 +36,9 @@ pub(crate) async fn start(
         let mut gaps: BTreeMap<i64, Instant> = BTreeMap::new();
         while !stop.is_cancelled() {
             match events::after(&db, None, last, 1000).await {
+                Ok(batch) if !batch.is_empty() && durable.barrier().await.is_err() => {
+                    tracing::warn!("events held back: the database cannot make them durable");
+                }
                 Ok(batch) => {
                     for e in batch {
                         for missing in (last + 1)..e.id {

@@ -3,7 +3,10 @@
 //! that both backends accept; only what differs (claiming work with
 //! `FOR UPDATE SKIP LOCKED`, auto-increment ids) is written twice.
 
+mod durable;
 pub(crate) mod migrate;
+
+pub(crate) use durable::Durability;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -50,7 +53,9 @@ impl Db {
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(match sync {
                     crate::config::SqliteSync::Full => SqliteSynchronous::Full,
-                    crate::config::SqliteSync::Normal => SqliteSynchronous::Normal,
+                    crate::config::SqliteSync::Grouped | crate::config::SqliteSync::Normal => {
+                        SqliteSynchronous::Normal
+                    }
                 })
                 .busy_timeout(Duration::from_secs(10))
                 .foreign_keys(true);
@@ -74,6 +79,23 @@ impl Db {
                 )
                 .into(),
             ))
+        }
+    }
+
+    /// What must wait for commits to reach the disk: group commit for an
+    /// SQLite file with `--sqlite-sync grouped`, nothing otherwise. Call on
+    /// a runtime (it spawns the syncer).
+    pub(crate) fn durability(&self, sync: crate::config::SqliteSync) -> Durability {
+        match (self, sync) {
+            (Db::Sqlite(p), crate::config::SqliteSync::Grouped) => {
+                let file = p.connect_options().get_filename().to_owned();
+                if file.as_os_str().is_empty() || file.as_os_str() == ":memory:" {
+                    Durability::none()
+                } else {
+                    Durability::grouped(&file)
+                }
+            }
+            _ => Durability::none(),
         }
     }
 
@@ -204,6 +226,8 @@ mod tests {
         for (sync, want_sync, connections, want_pool) in [
             (SqliteSync::Full, 2, 3, 3),
             (SqliteSync::Normal, 1, 1, 1),
+            // Group commit: NORMAL, with the log synced before effects.
+            (SqliteSync::Grouped, 1, 2, 2),
             // At most 8: SQLite has one writer.
             (SqliteSync::Normal, 1, 64, 8),
         ] {

@@ -11,7 +11,7 @@ use counterfoil_outbox::{
 use serde_json::json;
 
 use super::Sagas;
-use crate::db::{Db, Tx};
+use crate::db::{Db, Durability, Tx};
 use crate::messaging::ResultMessage;
 use crate::store::print_jobs::{self, PrintOutcome};
 use crate::store::{events, printers};
@@ -31,15 +31,23 @@ pub(crate) struct Results {
     db: Db,
     sagas: Sagas,
     inbox: Inbox,
+    /// A report is acknowledged only once its commit is on disk: the agent
+    /// deletes its copy on the acknowledgement.
+    durable: Durability,
 }
 
 impl Results {
-    pub(crate) fn new(db: Db, sagas: Sagas) -> Self {
+    pub(crate) fn new(db: Db, sagas: Sagas, durable: Durability) -> Self {
         let inbox = match &db {
             Db::Postgres(p) => Inbox::Postgres(Arc::new(PgInbox::new(p.clone()))),
             Db::Sqlite(p) => Inbox::Sqlite(Arc::new(SqliteInbox::new(p.clone()))),
         };
-        Self { db, sagas, inbox }
+        Self {
+            db,
+            sagas,
+            inbox,
+            durable,
+        }
     }
 
     async fn first_time(
@@ -161,6 +169,7 @@ impl Handler for Results {
                 self.status(msg, printer, state).await
             }
         };
-        done.map_err(HandlerError::Retry)
+        done.map_err(HandlerError::Retry)?;
+        self.durable.barrier().await.map_err(HandlerError::retry)
     }
 }

@@ -28,7 +28,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{PrinterAddress, PrinterSpec};
-use crate::db::Db;
+use crate::db::{Db, Durability};
 use crate::messaging::{Bus, Names, Outbox, ResultMessage};
 use crate::store::print_jobs::{JobRow, PrintJob, PrintOutcome};
 use crate::store::printers::PrinterState;
@@ -185,7 +185,8 @@ pub(crate) async fn run(
         .subscribe(&queue, &agent.names.print_exchange(), &pattern, handler)
         .await?;
     // Results out: the agent's outbox to the cloud.
-    let relay = agent.outbox.relay(&agent.bus)?;
+    // The agent's database syncs every commit (see `SqliteSync::Grouped`).
+    let relay = agent.outbox.relay(&agent.bus, Durability::none())?;
     let ps = Arc::new(ps);
     let held = Mutex::new(HashSet::<String>::new());
     tokio::join!(

@@ -11,8 +11,12 @@ mod client;
 mod guarded;
 pub(crate) mod simulator;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
+
+use crate::db::Durability;
 
 pub(crate) use client::HttpProvider;
 pub(crate) use guarded::GuardedProvider;
@@ -89,3 +93,38 @@ pub(crate) trait PaymentProvider: Send + Sync + std::fmt::Debug {
 }
 
 fn _obj_safe(_: &dyn PaymentProvider) {}
+
+/// A provider called only once the commits before the call are on disk
+/// (group commit, see [`Durability`]): a step's state that a power failure
+/// could take back never meets the provider.
+#[derive(Debug)]
+pub(crate) struct AfterSync {
+    inner: Arc<dyn PaymentProvider>,
+    durable: Durability,
+}
+
+impl AfterSync {
+    pub(crate) fn new(inner: Arc<dyn PaymentProvider>, durable: Durability) -> Self {
+        Self { inner, durable }
+    }
+}
+
+#[async_trait]
+impl PaymentProvider for AfterSync {
+    async fn execute(
+        &self,
+        key: &str,
+        req: &Request,
+        traceparent: Option<&str>,
+    ) -> Result<Operation, ProviderError> {
+        self.durable
+            .barrier()
+            .await
+            .map_err(|e| ProviderError::Unavailable(e.to_string()))?;
+        self.inner.execute(key, req, traceparent).await
+    }
+
+    async fn lookup(&self, key: &str) -> Result<Option<Operation>, ProviderError> {
+        self.inner.lookup(key).await
+    }
+}
