@@ -977,6 +977,12 @@ pub async fn stale_epoch_is_fenced(b: Backend) {
             .is_none()
     );
     assert_eq!(h.status(id).await.expect("status"), Status::Running);
+    let log = store.log(id).await.expect("log");
+    assert!(
+        !log.iter()
+            .any(|l| l.epoch == rec.epoch && l.step == "authorize" && l.outcome == "completed"),
+        "a fenced checkpoint leaves no log line: {log:?}"
+    );
 }
 
 /// One printer, one job: sagas take the resource one at a time, queued sagas in start

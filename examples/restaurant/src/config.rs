@@ -167,10 +167,10 @@ pub(crate) struct Config {
     )]
     pub(crate) sqlite_sync: SqliteSync,
 
-    /// Connections in the server's SQLite pool (at most 8). With 1 (the
-    /// default), the process's writers queue in the pool and are woken in
-    /// turn; with more, those waiting for SQLite's one write lock sleep in
-    /// its busy handler, in steps of up to 100 ms.
+    /// Connections in each SQLite pool, the server's and the agent's (at
+    /// most 8). With 1 (the default), the process's writers queue in the
+    /// pool and are woken in turn; with more, those waiting for SQLite's one
+    /// write lock sleep in its busy handler, in steps of up to 100 ms.
     #[arg(long, env = "RESTAURANT_SQLITE_CONNECTIONS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=8))]
     pub(crate) sqlite_connections: u32,
 

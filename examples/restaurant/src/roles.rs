@@ -74,7 +74,7 @@ pub(crate) async fn run(config: Config) -> Result<(), BoxError> {
             SqliteSync::Grouped => SqliteSync::Full,
             other => other,
         };
-        let journal = Db::connect(&journal_url, 4, agent_sync)
+        let journal = Db::connect(&journal_url, config.sqlite_connections, agent_sync)
             .await
             .map_err(|e| {
                 format!(

@@ -160,6 +160,15 @@ pub(crate) trait AsConn {
     fn conn(&mut self) -> Result<Conn<'_>, sqlx::Error>;
 }
 
+impl AsConn for Conn<'_> {
+    fn conn(&mut self) -> Result<Conn<'_>, sqlx::Error> {
+        Ok(match self {
+            Conn::Postgres(c) => Conn::Postgres(c),
+            Conn::Sqlite(c) => Conn::Sqlite(c),
+        })
+    }
+}
+
 impl AsConn for Tx {
     fn conn(&mut self) -> Result<Conn<'_>, sqlx::Error> {
         Ok(match self {

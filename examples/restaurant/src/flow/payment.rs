@@ -13,7 +13,6 @@ use serde_json::json;
 use super::{Deps, print};
 use crate::domain::{FiscalDocument, PaymentStatus, ReceiptLine};
 use crate::provider::{Operation, ProviderError, Request};
-use crate::store::events;
 use crate::store::payments::{self, Change};
 use crate::store::print_jobs::PrintJob;
 
@@ -89,15 +88,7 @@ async fn record(
         d.insert("step".into(), json!(step));
     }
     let tx = cx.tx().await?;
-    payments::set_status(tx, &id, status, change).await?;
-    events::append(
-        tx,
-        &restaurant,
-        &format!("payment.{}", status.as_str()),
-        &id,
-        &detail,
-    )
-    .await?;
+    payments::set_status_with_event(tx, &id, status, change, &restaurant, &detail).await?;
     metrics::counter!("payments_transitions_total", "status" => status.as_str()).increment(1);
     Ok(())
 }
@@ -118,15 +109,8 @@ async fn record_outside(
     }
     let mut tx = deps.db.begin().await?;
     let detail = json!({ "status": to, "reason": change.reason });
-    payments::set_status(&mut tx, &s.payment_id, to, change).await?;
-    events::append(
-        &mut tx,
-        &s.restaurant,
-        &format!("payment.{}", to.as_str()),
-        &s.payment_id,
-        &detail,
-    )
-    .await?;
+    payments::set_status_with_event(&mut tx, &s.payment_id, to, change, &s.restaurant, &detail)
+        .await?;
     tx.commit().await?;
     metrics::counter!("payments_transitions_total", "status" => to.as_str()).increment(1);
     Ok(())

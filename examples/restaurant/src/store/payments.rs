@@ -1,7 +1,8 @@
 //! The `app_payments` table.
 
+use super::events;
 use super::{Get, json_col};
-use crate::db::{AsConn, Db, on_db, on_tx};
+use crate::db::{AsConn, Conn, Db, on_db, on_tx};
 use crate::domain::{FiscalDocument, PaymentMethod, PaymentStatus, ReceiptLine, now_ms};
 use futures::TryFutureExt;
 
@@ -177,6 +178,21 @@ pub(crate) struct Change<'a> {
     pub(crate) receipt: Option<&'a FiscalDocument>,
 }
 
+const SET_STATUS: &str = "UPDATE app_payments SET status = $2, reason = COALESCE($3, reason), \
+provider_ref = COALESCE($4, provider_ref), receipt = COALESCE($5, receipt), updated_at = $6 \
+WHERE id = $1";
+
+/// [`SET_STATUS`] and the payment's event (`$7` restaurant, `$8` kind, `$9`
+/// data, at `$6`) as one multi-statement query, for SQLite: one round trip
+/// to the connection's thread instead of two. PostgreSQL prepares one
+/// statement at a time, so it runs the two apart.
+static SET_STATUS_AND_EVENT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "{SET_STATUS}; INSERT INTO app_events (restaurant_id, kind, subject, data, at) \
+         VALUES ($7, $8, $1, $9, $6)"
+    )
+});
+
 /// Sets the status (and reason, provider ref, receipt when given).
 pub(crate) async fn set_status(
     tx: &mut impl AsConn,
@@ -184,26 +200,63 @@ pub(crate) async fn set_status(
     status: PaymentStatus,
     change: Change<'_>,
 ) -> Result<(), sqlx::Error> {
-    let receipt = change
+    let receipt = encode_receipt(&change)?;
+    on_tx!(tx, |e| {
+        sqlx::query(SET_STATUS)
+            .bind(id)
+            .bind(status.as_str())
+            .bind(change.reason)
+            .bind(change.provider_ref)
+            .bind(&receipt)
+            .bind(now_ms())
+            .execute(e)
+            .map_ok(|r| r.rows_affected())
+    })?;
+    Ok(())
+}
+
+/// Sets the status as [`set_status`] does and appends the payment's event
+/// (subject: the payment) in the same transaction.
+pub(crate) async fn set_status_with_event(
+    tx: &mut impl AsConn,
+    id: &str,
+    status: PaymentStatus,
+    change: Change<'_>,
+    restaurant: &str,
+    data: &serde_json::Value,
+) -> Result<(), sqlx::Error> {
+    let kind = format!("payment.{}", status.as_str());
+    match tx.conn()? {
+        Conn::Postgres(c) => {
+            let mut c = Conn::Postgres(c);
+            set_status(&mut c, id, status, change).await?;
+            events::append(&mut c, restaurant, &kind, id, data).await
+        }
+        Conn::Sqlite(c) => {
+            let receipt = encode_receipt(&change)?;
+            sqlx::query(SET_STATUS_AND_EVENT.as_str())
+                .bind(id)
+                .bind(status.as_str())
+                .bind(change.reason)
+                .bind(change.provider_ref)
+                .bind(&receipt)
+                .bind(now_ms())
+                .bind(restaurant)
+                .bind(&kind)
+                .bind(data.to_string())
+                .execute(c)
+                .await
+                .map(drop)
+        }
+    }
+}
+
+fn encode_receipt(change: &Change<'_>) -> Result<Option<String>, sqlx::Error> {
+    change
         .receipt
         .map(serde_json::to_string)
         .transpose()
-        .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-    on_tx!(tx, |e| {
-        sqlx::query(
-        "UPDATE app_payments SET status = $2, reason = COALESCE($3, reason), \
-         provider_ref = COALESCE($4, provider_ref), receipt = COALESCE($5, receipt), updated_at = $6 \
-         WHERE id = $1"
-    )
-    .bind(id)
-    .bind(status.as_str())
-    .bind(change.reason)
-    .bind(change.provider_ref)
-    .bind(&receipt)
-    .bind(now_ms())
-    .execute(e).map_ok(|r| r.rows_affected())
-    })?;
-    Ok(())
+        .map_err(|e| sqlx::Error::Encode(Box::new(e)))
 }
 
 /// Records the payment's saga (same transaction as the insert).
