@@ -284,6 +284,43 @@ async fn consumer_poison_message_goes_to_the_dead_letter_queue() {
     consumer.delete_topology(true).await.unwrap();
 }
 
+/// A broker that accepts the connection and then says nothing (a half-dead
+/// peer, a frozen link) holds neither a consumer nor a publisher: each gives
+/// up on the exchange within its bound and tries again.
+#[tokio::test]
+async fn a_silent_broker_holds_neither_the_consumer_nor_the_publisher() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+            let _ = tx.send(());
+        }
+    });
+    let url = format!("amqp://guest:guest@{addr}/%2f");
+    let handler = handler_fn(|_m: IncomingMessage| async { Ok(()) });
+    let consumer = AmqpConsumer::builder(&url, QueueTopology::new("silent"), Arc::new(handler))
+        .reconnect_backoff(Backoff::new(
+            Duration::from_millis(10),
+            Duration::from_millis(10),
+        ))
+        .build()
+        .unwrap();
+    let handle = consumer.spawn();
+    // The first connection, then a second once the first was given up.
+    common::recv_n(&mut rx, 2, Duration::from_secs(30)).await;
+    handle.shutdown().await;
+
+    let publisher = AmqpPublisher::builder(&url).build().unwrap();
+    let message = OutboxMessage::new(Destination::new("x", "y"), b"p".to_vec());
+    let r = tokio::time::timeout(Duration::from_secs(30), publisher.publish(&[message]))
+        .await
+        .expect("the publisher gives up on a silent broker");
+    assert!(matches!(&r[0], Err(e) if e.is_outage()), "{r:?}");
+}
+
 #[tokio::test]
 async fn publisher_reports_an_unreachable_broker_as_an_outage() {
     let publisher = AmqpPublisher::builder("amqp://guest:guest@127.0.0.1:1/%2f")

@@ -12,7 +12,13 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::{QueueTopology, broker, connect, convert};
+use super::{
+    BROKER_STEP, QueueTopology, broker, close_channel, close_connection, connect, convert, silent,
+    step,
+};
+
+/// How often a consuming session checks that its connection is still up.
+const CONNECTION_CHECK: Duration = Duration::from_secs(1);
 use crate::error::BuildError;
 use crate::handler::{Handler, HandlerError};
 use crate::{Backoff, Error};
@@ -166,10 +172,13 @@ impl AmqpConsumer {
     /// [`Error::Broker`] when the broker cannot be reached or refuses.
     pub async fn delete_topology(&self, with_exchanges: bool) -> Result<(), Error> {
         let conn = connect(&self.inner.uri, &self.inner.name).await?;
-        let ch = conn.create_channel().await.map_err(broker)?;
-        self.inner.topology.delete(&ch, with_exchanges).await?;
-        let _ = conn.close(200, "ok".into()).await;
-        Ok(())
+        let ch = step("open a channel", conn.create_channel()).await?;
+        let deleted =
+            tokio::time::timeout(BROKER_STEP, self.inner.topology.delete(&ch, with_exchanges))
+                .await
+                .map_err(|_| silent("delete the topology"));
+        close_connection(&conn).await;
+        deleted?
     }
 
     /// Runs on the current Tokio runtime until shut down.
@@ -205,23 +214,52 @@ impl AmqpConsumer {
 
     async fn session(&self, cancel: &CancellationToken) -> Result<(), Error> {
         let cfg = &self.inner;
-        let conn = connect(&cfg.uri, &cfg.name).await?;
-        let ch = conn.create_channel().await.map_err(broker)?;
-        cfg.topology.declare(&ch).await?;
-        ch.basic_qos(cfg.prefetch, BasicQosOptions::default())
-            .await
-            .map_err(broker)?;
-        let consumer = ch
-            .basic_consume(
-                cfg.topology.queue.as_str().into(),
-                cfg.name.as_str().into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
+        let conn = tokio::select! {
+            c = connect(&cfg.uri, &cfg.name) => c?,
+            () = cancel.cancelled() => return Ok(()),
+        };
+        let consumed = async {
+            let ch = step("open a channel", conn.create_channel()).await?;
+            tokio::time::timeout(BROKER_STEP, cfg.topology.declare(&ch))
+                .await
+                .map_err(|_| silent("declare the topology"))??;
+            step(
+                "set the prefetch",
+                ch.basic_qos(cfg.prefetch, BasicQosOptions::default()),
             )
-            .await
-            .map_err(broker)?;
+            .await?;
+            let consumer = step(
+                "start consuming",
+                ch.basic_consume(
+                    cfg.topology.queue.as_str().into(),
+                    cfg.name.as_str().into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                ),
+            )
+            .await?;
+            Ok::<_, Error>((ch, consumer))
+        }
+        .await;
+        let (ch, consumer) = match consumed {
+            Ok(c) => c,
+            Err(e) => {
+                close_connection(&conn).await;
+                return Err(e);
+            }
+        };
         debug!(queue = %cfg.topology.queue, "consuming");
-        let stream = consumer.take_until(cancel.cancelled());
+        // The stream ends on cancel, and also when the connection is no
+        // longer up: a connection that broke without ending the stream
+        // must not leave the queue without its consumer.
+        let lost = async {
+            while conn.status().connected() {
+                tokio::time::sleep(CONNECTION_CHECK).await;
+            }
+        };
+        let (stopped, lost) = (std::pin::pin!(cancel.cancelled()), std::pin::pin!(lost));
+        let ended = futures::future::select(stopped, lost);
+        let stream = consumer.take_until(ended);
         let result = std::sync::Mutex::new(Ok(()));
         stream
             .for_each_concurrent(cfg.concurrency, |d| {
@@ -238,8 +276,8 @@ impl AmqpConsumer {
                 }
             })
             .await;
-        let _ = ch.close(200, "bye".into()).await;
-        let _ = conn.close(200, "bye".into()).await;
+        close_channel(&ch).await;
+        close_connection(&conn).await;
         result.into_inner().unwrap_or(Ok(()))?;
         if cancel.is_cancelled() {
             Ok(())
@@ -254,25 +292,30 @@ impl AmqpConsumer {
             Ok(m) => m,
             Err(why) => {
                 warn!(queue = %cfg.topology.queue, why, "dead-lettering a malformed message");
-                let _ = d.reject(BasicRejectOptions { requeue: false }).await;
+                let _ = step("reject", d.reject(BasicRejectOptions { requeue: false })).await;
                 return;
             }
         };
         let outcome = cfg.handler.handle(&msg).await;
+        // Each settlement is bounded: on a dead connection it may never be
+        // answered, and the session must be able to end.
         let r = match outcome {
-            Ok(()) => d.ack(BasicAckOptions::default()).await,
+            Ok(()) => step("ack", d.ack(BasicAckOptions::default())).await,
             Err(HandlerError::Reject(e)) => {
                 warn!(id = %msg.id, error = %e, "handler rejected message; dead-lettering");
-                d.reject(BasicRejectOptions { requeue: false }).await
+                step("reject", d.reject(BasicRejectOptions { requeue: false })).await
             }
             Err(HandlerError::Retry(e)) => {
                 let delay = cfg.retry_backoff.delay(msg.delivery_count);
                 debug!(id = %msg.id, error = %e, ?delay, "handler failed; requeueing after backoff");
                 tokio::time::sleep(delay).await;
-                d.nack(BasicNackOptions {
-                    multiple: false,
-                    requeue: true,
-                })
+                step(
+                    "nack",
+                    d.nack(BasicNackOptions {
+                        multiple: false,
+                        requeue: true,
+                    }),
+                )
                 .await
             }
         };

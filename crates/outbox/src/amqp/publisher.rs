@@ -136,10 +136,12 @@ impl AmqpPublisher {
             }
         }
         let conn = self.connection().await?;
-        let ch = conn.create_channel().await.map_err(super::broker)?;
-        ch.confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(super::broker)?;
+        let ch = super::step("open a channel", conn.create_channel()).await?;
+        super::step(
+            "select confirms",
+            ch.confirm_select(ConfirmSelectOptions::default()),
+        )
+        .await?;
         Ok(ch)
     }
 
@@ -157,23 +159,26 @@ impl AmqpPublisher {
             return Ok(true);
         }
         let conn = self.connection().await?;
-        let side = conn.create_channel().await.map_err(super::broker)?;
+        let side = super::step("open a channel", conn.create_channel()).await?;
         let passive = ExchangeDeclareOptions {
             passive: true,
             ..ExchangeDeclareOptions::default()
         };
-        match side
-            .exchange_declare(
+        let declared = tokio::time::timeout(
+            super::BROKER_STEP,
+            side.exchange_declare(
                 exchange.into(),
                 ExchangeKind::Topic,
                 passive,
                 FieldTable::default(),
-            )
-            .await
-        {
+            ),
+        )
+        .await
+        .map_err(|_| super::silent("check an exchange"))?;
+        match declared {
             Ok(()) => {
                 self.inner.exchanges.lock().insert(exchange.to_owned());
-                let _ = side.close(200, "ok".into()).await;
+                super::close_channel(&side).await;
                 Ok(true)
             }
             // A 404 closes only the side channel; a dead connection is an outage.
@@ -195,23 +200,25 @@ impl AmqpPublisher {
     /// exists with another type.
     pub async fn declare_exchanges(&self, names: &[&str]) -> Result<(), Error> {
         let conn = self.connection().await?;
-        let ch = conn.create_channel().await.map_err(super::broker)?;
+        let ch = super::step("open a channel", conn.create_channel()).await?;
         let durable = ExchangeDeclareOptions {
             durable: true,
             ..ExchangeDeclareOptions::default()
         };
         for name in names.iter().filter(|n| !n.is_empty()) {
-            ch.exchange_declare(
-                (*name).into(),
-                ExchangeKind::Topic,
-                durable,
-                FieldTable::default(),
+            super::step(
+                "declare an exchange",
+                ch.exchange_declare(
+                    (*name).into(),
+                    ExchangeKind::Topic,
+                    durable,
+                    FieldTable::default(),
+                ),
             )
-            .await
-            .map_err(super::broker)?;
+            .await?;
             self.inner.exchanges.lock().insert((*name).to_owned());
         }
-        let _ = ch.close(200, "ok".into()).await;
+        super::close_channel(&ch).await;
         Ok(())
     }
 
@@ -337,7 +344,8 @@ impl Publisher for AmqpPublisher {
         if healthy {
             self.inner.channels.lock().push(channel);
         } else {
-            let _ = channel.close(200, "reset".into()).await;
+            // In the background: a dead connection may never answer.
+            tokio::spawn(async move { super::close_channel(&channel).await });
             self.forget_connection().await;
         }
         results

@@ -545,19 +545,22 @@ async fn parked(
             _ => break,
         }
     }
-    // Payment ids are time-ordered: newest first, as the other filters.
+    // Payment ids are time-ordered: newest first, as the other filters,
+    // read a bounded number of ids per query.
     ids.sort_unstable_by(|a, b| b.cmp(a));
     let mut rows = Vec::new();
-    for id in ids {
+    for chunk in ids.chunks(100) {
+        rows.extend(
+            payments::get_many(&state.db, restaurant, chunk)
+                .await?
+                .into_iter()
+                .filter(|p| !p.status.is_final()),
+        );
         if rows.len() as i64 >= limit {
             break;
         }
-        if let Some(p) = payments::get(&state.db, Some(restaurant), &id).await?
-            && !p.status.is_final()
-        {
-            rows.push(p);
-        }
     }
+    rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
     Ok(rows)
 }
 

@@ -192,6 +192,13 @@ mod tests {
         dir
     }
 
+    /// Group commit over a database whose log holds some frames.
+    fn grouped_over_a_log() -> Durability {
+        let dir = scratch();
+        std::fs::write(dir.join("x.sqlite-wal"), b"frames").unwrap();
+        Durability::grouped(&dir.join("x.sqlite"))
+    }
+
     #[tokio::test]
     async fn without_group_commit_a_barrier_returns_at_once() {
         let d = Durability::none();
@@ -202,10 +209,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn each_barrier_waits_for_a_sync_that_started_after_it() {
-        let dir = scratch();
-        let db = dir.join("x.sqlite");
-        std::fs::write(dir.join("x.sqlite-wal"), b"frames").unwrap();
-        let d = Durability::grouped(&db);
+        let d = grouped_over_a_log();
         for _ in 0..20 {
             let before = d.syncs();
             d.barrier().await.unwrap();
@@ -217,10 +221,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_barriers_share_syncs() {
-        let dir = scratch();
-        let db = dir.join("x.sqlite");
-        std::fs::write(dir.join("x.sqlite-wal"), b"frames").unwrap();
-        let d = Durability::grouped(&db);
+        let d = grouped_over_a_log();
         let callers = 64 * 20;
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..64 {

@@ -170,6 +170,32 @@ pub(crate) async fn list(
     })
 }
 
+/// The restaurant's payments among `ids`, newest first, in one query.
+pub(crate) async fn get_many(
+    db: &Db,
+    restaurant: &str,
+    ids: &[String],
+) -> Result<Vec<PaymentRow>, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    on_db!(db, |e| async {
+        let mut q = sqlx::QueryBuilder::new(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM app_payments WHERE restaurant_id = "
+        ));
+        q.push_bind(restaurant).push(" AND id IN (");
+        let mut list = q.separated(", ");
+        for id in ids {
+            list.push_bind(id);
+        }
+        q.push(") ORDER BY id DESC");
+        let rows = q.build().fetch_all(e).await?;
+        rows.iter().map(decode).collect::<Result<Vec<_>, _>>()
+    })
+}
+
 /// A status change and what came with it.
 #[derive(Debug, Default)]
 pub(crate) struct Change<'a> {
@@ -193,6 +219,18 @@ static SET_STATUS_AND_EVENT: std::sync::LazyLock<String> = std::sync::LazyLock::
     )
 });
 
+/// Binds [`SET_STATUS`]'s `$1` – `$6` on either backend's query.
+macro_rules! bind_status {
+    ($q:expr, $id:expr, $status:expr, $change:expr, $receipt:expr) => {
+        $q.bind($id)
+            .bind($status.as_str())
+            .bind($change.reason)
+            .bind($change.provider_ref)
+            .bind($receipt)
+            .bind(now_ms())
+    };
+}
+
 /// Sets the status (and reason, provider ref, receipt when given).
 pub(crate) async fn set_status(
     tx: &mut impl AsConn,
@@ -202,13 +240,7 @@ pub(crate) async fn set_status(
 ) -> Result<(), sqlx::Error> {
     let receipt = encode_receipt(&change)?;
     on_tx!(tx, |e| {
-        sqlx::query(SET_STATUS)
-            .bind(id)
-            .bind(status.as_str())
-            .bind(change.reason)
-            .bind(change.provider_ref)
-            .bind(&receipt)
-            .bind(now_ms())
+        bind_status!(sqlx::query(SET_STATUS), id, status, change, &receipt)
             .execute(e)
             .map_ok(|r| r.rows_affected())
     })?;
@@ -234,13 +266,8 @@ pub(crate) async fn set_status_with_event(
         }
         Conn::Sqlite(c) => {
             let receipt = encode_receipt(&change)?;
-            sqlx::query(SET_STATUS_AND_EVENT.as_str())
-                .bind(id)
-                .bind(status.as_str())
-                .bind(change.reason)
-                .bind(change.provider_ref)
-                .bind(&receipt)
-                .bind(now_ms())
+            let q = sqlx::query(SET_STATUS_AND_EVENT.as_str());
+            bind_status!(q, id, status, change, &receipt)
                 .bind(restaurant)
                 .bind(&kind)
                 .bind(data.to_string())
