@@ -157,6 +157,10 @@ fn describe_metrics() {
         "Requests refused by the per-key rate limit"
     );
     describe_gauge!("payments", "Payments by status");
+    describe_counter!(
+        "sqlite_group_syncs_total",
+        "Syncs of the SQLite write-ahead log made by group commit"
+    );
     describe_counter!("payments_accepted_total", "New payments accepted");
     describe_counter!(
         "payments_replayed_total",

@@ -473,6 +473,10 @@ async fn chaos(
                 .clone()
                 .ok_or("the production shape needs --postgres-url (or TEST_POSTGRES_URL)")?;
             let (name, url) = create_database(&admin).await?;
+            // The run's own exchanges and queues too: messages left in a
+            // shared queue by another run (or a stopped one) must not reach
+            // this run's agents.
+            common.push(("AMQP_PREFIX".to_owned(), name.clone()));
             *db_name = Some(name);
             database_url = url;
             baseline_name = "PostgreSQL single-row autocommit inserts, 8 connections".to_owned();
