@@ -38,11 +38,26 @@ impl SqliteJournal {
             .journal_mode(SqliteJournalMode::Wal)
             .busy_timeout(Duration::from_secs(5));
         let max = if url.contains(":memory:") { 1 } else { 4 };
-        let pool = SqlitePoolOptions::new()
-            .max_connections(max)
-            .connect_with(opts)
-            .await
-            .map_err(Error::backend)?;
+        // Switching a new file to WAL needs a lock SQLite does not wait for
+        // (no busy handler): processes opening the same new journal at once
+        // can get SQLITE_BUSY here. Try again a few times.
+        let mut attempt = 0u32;
+        let pool = loop {
+            match SqlitePoolOptions::new()
+                .max_connections(max)
+                .connect_with(opts.clone())
+                .await
+            {
+                Ok(pool) => break pool,
+                Err(sqlx::Error::Database(e))
+                    if e.code().as_deref() == Some("5") && attempt < 10 =>
+                {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt))).await;
+                }
+                Err(e) => return Err(Error::backend(e)),
+            }
+        };
         let j = Self::new(pool);
         j.migrate().await?;
         Ok(j)
