@@ -314,3 +314,55 @@ impl Publisher for AfterSync {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// Counts the messages it is asked to publish.
+    #[derive(Debug, Default)]
+    struct Counting(AtomicUsize);
+
+    #[async_trait::async_trait]
+    impl Publisher for Counting {
+        async fn publish(&self, batch: &[OutboxMessage]) -> Vec<Result<(), PublishError>> {
+            self.0.fetch_add(batch.len(), Ordering::SeqCst);
+            batch.iter().map(|_| Ok(())).collect()
+        }
+    }
+
+    fn batch() -> Vec<OutboxMessage> {
+        (0..3)
+            .map(|i| OutboxMessage::new(Destination::new("x", "y"), vec![i]))
+            .collect()
+    }
+
+    /// A batch whose commits cannot be synced never reaches the agents: it
+    /// stays in the outbox as an outage (not an attempt) and goes out after
+    /// a restart.
+    #[tokio::test]
+    async fn a_batch_waits_for_its_commits_and_is_held_back_when_they_cannot_be_synced() {
+        let inner = Arc::new(Counting::default());
+        let synced = AfterSync {
+            inner: inner.clone(),
+            durable: Durability::none(),
+        };
+        assert!(synced.publish(&batch()).await.iter().all(Result::is_ok));
+        assert_eq!(inner.0.load(Ordering::SeqCst), 3);
+
+        let failed = AfterSync {
+            inner: inner.clone(),
+            // The log's directory is a file: the sync fails.
+            durable: Durability::grouped(std::path::Path::new("/dev/null/x.sqlite")),
+        };
+        let r = failed.publish(&batch()).await;
+        assert_eq!(r.len(), 3);
+        assert!(
+            r.iter().all(|r| matches!(r, Err(e) if e.is_outage())),
+            "{r:?}"
+        );
+        assert_eq!(inner.0.load(Ordering::SeqCst), 3, "nothing more published");
+    }
+}

@@ -57,9 +57,9 @@ pub(crate) struct AppState {
 /// Holds every `/v1` answer until the commits made before it are on disk
 /// (group commit; nothing to wait for unless `--sqlite-sync grouped`), so
 /// a client is never told of a payment a power failure could take back.
-async fn after_sync(State(state): State<AppState>, req: Request, next: Next) -> Response {
+async fn after_sync(State(durable): State<Durability>, req: Request, next: Next) -> Response {
     let res = next.run(req).await;
-    match state.durable.barrier().await {
+    match durable.barrier().await {
         Ok(()) => res,
         Err(e) => {
             tracing::error!(error = %e, status = %res.status(), "answer withheld");
@@ -124,7 +124,7 @@ pub(crate) fn router(state: AppState, max_body: usize, idem: Idempotent) -> Rout
             idempotency::authenticate,
         ))
         .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
+            state.durable.clone(),
             after_sync,
         ));
     Router::new()
@@ -149,4 +149,53 @@ pub(crate) fn router(state: AppState, max_body: usize, idem: Idempotent) -> Rout
             Duration::from_secs(75),
         ))
         .with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::routing::post;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    fn app(durable: Durability) -> Router {
+        Router::new()
+            .route("/", post(|| async { "accepted" }))
+            .layer(axum::middleware::from_fn_with_state(durable, after_sync))
+    }
+
+    async fn call(app: Router) -> Response {
+        let req = Request::post("/").body(Body::empty()).unwrap();
+        app.oneshot(req).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn answers_pass_once_their_commits_are_synced() {
+        assert_eq!(call(app(Durability::none())).await.status(), StatusCode::OK);
+    }
+
+    /// A log that cannot be synced withholds the handler's answer: the
+    /// client gets 503 problem+json and retries with its key after a
+    /// restart, never a 200 for a commit the disk may not hold.
+    #[tokio::test]
+    async fn an_answer_whose_commits_cannot_be_synced_is_withheld() {
+        // The log's directory is a file: the sync fails.
+        let durable = Durability::grouped(std::path::Path::new("/dev/null/x.sqlite"));
+        let res = call(app(durable.clone())).await;
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            res.headers()[axum::http::header::CONTENT_TYPE],
+            "application/problem+json"
+        );
+        let body = axum::body::to_bytes(res.into_body(), 4096).await.unwrap();
+        let problem: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(problem["type"], "/problems/not-durable");
+        assert!(!durable.healthy());
+        // And it stays so: a later answer is withheld too.
+        assert_eq!(
+            call(app(durable)).await.status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
 }

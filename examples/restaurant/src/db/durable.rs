@@ -31,7 +31,7 @@ use tokio::sync::{Notify, watch};
 /// Makes the commits before a point durable before anything depending on
 /// them leaves the process. Cheap to clone; a no-op unless built with
 /// [`Durability::grouped`].
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub(crate) struct Durability(Option<Arc<Group>>);
 
 /// The group commit state of one database file.

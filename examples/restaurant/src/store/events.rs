@@ -89,17 +89,23 @@ pub(crate) async fn by_ids(
     ids: &[i64],
 ) -> Result<Vec<Event>, sqlx::Error> {
     let mut out = Vec::new();
-    for id in ids {
+    // One query per chunk: the tail re-reads every missing id each tick.
+    for chunk in ids.chunks(500) {
         let found = on_db!(db, |e| async move {
-            let row = sqlx::query(
-                "SELECT id, restaurant_id, kind, subject, data, at FROM app_events \
-                 WHERE id = $1 AND ($2 IS NULL OR restaurant_id = $2)",
-            )
-            .bind(*id)
-            .bind(restaurant)
-            .fetch_optional(e)
-            .await?;
-            row.as_ref().map(decode).transpose()
+            let mut q = sqlx::QueryBuilder::new(
+                "SELECT id, restaurant_id, kind, subject, data, at FROM app_events WHERE ",
+            );
+            if let Some(r) = restaurant {
+                q.push("restaurant_id = ").push_bind(r).push(" AND ");
+            }
+            q.push("id IN (");
+            let mut list = q.separated(", ");
+            for id in chunk {
+                list.push_bind(*id);
+            }
+            q.push(") ORDER BY id");
+            let rows = q.build().fetch_all(e).await?;
+            rows.iter().map(decode).collect::<Result<Vec<_>, _>>()
         })?;
         out.extend(found);
     }
@@ -130,4 +136,62 @@ pub(crate) async fn last_id(db: &Db) -> Result<i64, sqlx::Error> {
     let id: Option<i64> = on_db!(db, |e| sqlx::query_scalar("SELECT MAX(id) FROM app_events")
         .fetch_one(e))?;
     Ok(id.unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SqliteSync;
+    use crate::store::keys;
+
+    /// The tail's re-read of missing ids: only those asked for, only the
+    /// restaurant's when one is given, in id order, and more ids than one
+    /// chunk in one call.
+    #[tokio::test]
+    async fn by_ids_reads_the_ids_asked_for() {
+        let dir = std::env::temp_dir().join(format!("restaurant-events-{}", uuid::Uuid::new_v4()));
+        let url = format!("sqlite://{}/x.sqlite", dir.display());
+        let db = Db::connect(&url, 1, SqliteSync::Full).await.unwrap();
+        db.migrate().await.unwrap();
+        for r in ["r1", "r2"] {
+            keys::ensure_restaurant(&db, r).await.unwrap();
+        }
+        let mut tx = db.begin().await.unwrap();
+        for i in 0..1200 {
+            let r = if i % 2 == 0 { "r1" } else { "r2" };
+            append(
+                &mut tx,
+                r,
+                "payment.pending",
+                &format!("p{i}"),
+                &serde_json::json!({}),
+            )
+            .await
+            .unwrap();
+        }
+        tx.commit().await.unwrap();
+        let first = last_id(&db).await.unwrap() - 1199;
+        let wanted: Vec<i64> = (first..first + 1200)
+            .step_by(2)
+            .chain([first + 1, 9_999_999])
+            .collect();
+        let all = by_ids(&db, None, &wanted).await.unwrap();
+        assert_eq!(
+            all.len(),
+            601,
+            "600 even ids, one odd one, the missing one skipped"
+        );
+        let mine = by_ids(&db, Some("r2"), &wanted).await.unwrap();
+        assert_eq!(mine.len(), 1);
+        assert_eq!(mine[0].id, first + 1);
+        assert_eq!(mine[0].subject, "p1");
+        let ids: Vec<i64> = by_ids(&db, Some("r1"), &wanted[..3])
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.id)
+            .collect();
+        assert_eq!(ids, vec![first, first + 2, first + 4]);
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
