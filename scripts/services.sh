@@ -60,6 +60,36 @@ ensure_services() {
   fi
 }
 
+# The WAL outbox (counterfoil-outbox's PgLogicalOutbox) reads messages through
+# a logical replication slot, which needs wal_level = logical. Sets it on the
+# test server and restarts PostgreSQL when it is not set yet.
+ensure_logical_wal() {
+  if ! command -v psql >/dev/null 2>&1; then
+    echo "error: psql is needed to check wal_level on the test PostgreSQL" >&2
+    return 1
+  fi
+  local level
+  level=$(psql "$TEST_POSTGRES_URL" -Atqc "SHOW wal_level") || {
+    echo "error: cannot query PostgreSQL at $TEST_POSTGRES_URL" >&2
+    return 1
+  }
+  [ "$level" = logical ] && return 0
+  echo "setting wal_level = logical on the test PostgreSQL (was $level) and restarting it" >&2
+  psql "$TEST_POSTGRES_URL" -Atqc "ALTER SYSTEM SET wal_level = logical" || return 1
+  if command -v pg_ctlcluster >/dev/null 2>&1 && [ -d /etc/postgresql ]; then
+    local v
+    for v in /etc/postgresql/*; do
+      pg_ctlcluster --skip-systemctl-redirect "$(basename "$v")" main restart || true
+    done
+  fi
+  for _ in $(seq 1 60); do
+    level=$(psql "$TEST_POSTGRES_URL" -Atqc "SHOW wal_level" 2>/dev/null) && [ "$level" = logical ] && return 0
+    sleep 1
+  done
+  echo "error: wal_level is still ${level:-unknown}; restart PostgreSQL so that wal_level = logical takes effect" >&2
+  return 1
+}
+
 # The browser test of the console needs Debian's chromium and chromedriver, and
 # the metrics test checks /metrics with promtool: install them when missing.
 ensure_test_tools() {

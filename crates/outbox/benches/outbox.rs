@@ -4,9 +4,13 @@
 //!
 //! 1. relay throughput to a quorum queue vs a raw lapin publisher with
 //!    pipelined confirms to the same queue;
-//! 2. business-transaction commits/s at 32 connections with and without an outbox row;
+//! 2. business-transaction commits/s at 32 connections with and without an
+//!    outbox row, and with a WAL outbox message instead of a row;
 //! 3. commit -> broker-confirm latency at 2,000 msg/s (p50, p99);
-//! 4. the rate of the full loop outbox -> RabbitMQ -> consumer -> inbox.
+//! 4. the rate of the full loop outbox -> RabbitMQ -> consumer -> inbox;
+//! 5. the WAL outbox's relay throughput and commit -> confirm latency.
+//!
+//! The WAL outbox figures need `wal_level = logical`.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::collections::HashMap;
@@ -17,8 +21,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use counterfoil_outbox::{
     AmqpConsumer, AmqpPublisher, Destination, HandlerError, InboxOutcome, IncomingMessage,
-    MessageId, OutboxMessage, PgInbox, PgOutboxStore, PublishError, Publisher, QueueTopology,
-    Relay, handler_fn,
+    LogicalRelay, MessageId, OutboxMessage, PgInbox, PgLogicalOutbox, PgOutboxStore, PublishError,
+    Publisher, QueueTopology, Relay, handler_fn,
 };
 use criterion::Criterion;
 use futures::StreamExt;
@@ -40,8 +44,20 @@ struct Env {
     schema: String,
     pool: PgPool,
     store: PgOutboxStore,
+    wal: PgLogicalOutbox,
     exchange: String,
     topology: QueueTopology,
+}
+
+/// What a business transaction carries besides its payment row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Variant {
+    /// Nothing: the baseline.
+    Bare,
+    /// An outbox row, inserted by `PgOutboxStore::enqueue`.
+    Row,
+    /// A WAL outbox message, sent with `BEGIN` by `PgLogicalOutbox::begin`.
+    Wal,
 }
 
 fn setup() -> Option<Env> {
@@ -57,7 +73,7 @@ fn setup() -> Option<Env> {
         .build()
         .unwrap();
     let schema = format!("outbox_bench_{}", uuid::Uuid::new_v4().simple());
-    let (pool, store, exchange, topology) = rt.block_on(async {
+    let (pool, store, wal, exchange, topology) = rt.block_on(async {
         let admin = PgPool::connect(&pg_url).await.unwrap();
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}"))).execute(&admin).await.unwrap();
         admin.close().await;
@@ -65,6 +81,8 @@ fn setup() -> Option<Env> {
         let pool = PgPoolOptions::new().max_connections(40).connect_with(opts).await.unwrap();
         let store = PgOutboxStore::new(pool.clone());
         store.migrate().await.unwrap();
+        let wal = PgLogicalOutbox::new(pool.clone()).name(&schema).unwrap();
+        wal.setup().await.expect("the WAL outbox figures need wal_level = logical");
         for ddl in [
             "CREATE TABLE payments (id BIGSERIAL PRIMARY KEY, amount_minor BIGINT NOT NULL, currency TEXT NOT NULL)",
             "CREATE TABLE effects (message_id UUID PRIMARY KEY)",
@@ -75,7 +93,7 @@ fn setup() -> Option<Env> {
         let topology = QueueTopology::new(format!("bench_q_{}", uuid::Uuid::new_v4().simple())).bind(&exchange, "#");
         let noop = Arc::new(handler_fn(|_m: IncomingMessage| async { Ok(()) }));
         AmqpConsumer::builder(&amqp_url, topology.clone(), noop).build().unwrap().declare().await.unwrap();
-        (pool, store, exchange, topology)
+        (pool, store, wal, exchange, topology)
     });
     Some(Env {
         rt,
@@ -84,6 +102,7 @@ fn setup() -> Option<Env> {
         schema,
         pool,
         store,
+        wal,
         exchange,
         topology,
     })
@@ -128,6 +147,7 @@ impl Env {
                 .unwrap()
                 .delete_topology(true)
                 .await;
+            let _ = self.wal.drop_slot().await;
             self.pool.close().await;
             let admin = PgPool::connect(&self.pg_url).await.unwrap();
             let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -254,20 +274,76 @@ fn relay_throughput(c: &mut Criterion, env: &Env, totals: &Totals) {
             })
         });
     });
+    // The WAL outbox: messages written with `pg_logical_emit_message`, read
+    // by one relay streaming from the replication slot. The relay runs
+    // throughout, as in service; each iteration commits one transaction of
+    // MSGS messages and times from that commit to the last confirm.
+    let wal_relay = LogicalRelay::builder(
+        env.wal.clone(),
+        env.store.clone(),
+        Arc::new(
+            AmqpPublisher::builder(&env.amqp_url)
+                .window(512)
+                .build()
+                .unwrap(),
+        ),
+    )
+    .batch_changes(1_000)
+    .build()
+    .unwrap();
+    let wal_handle = env.rt.block_on(async {
+        let handle = wal_relay.spawn();
+        // Connected and caught up: one message through.
+        let tx = env.wal.begin(&[env.msg()]).await.unwrap();
+        tx.commit().await.unwrap();
+        while wal_relay.stats().published < 1 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        handle
+    });
+    g.bench_function("wal_outbox_relay", |b| {
+        b.iter_custom(|iters| {
+            env.rt.block_on(async {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    env.purge().await;
+                    let msgs: Vec<_> = (0..MSGS).map(|_| env.msg()).collect();
+                    let before = wal_relay.stats().published;
+                    let mut tx = env.pool.begin().await.unwrap();
+                    env.wal.enqueue(&mut tx, &msgs).await.unwrap();
+                    tx.commit().await.unwrap();
+                    let start = Instant::now();
+                    wal_relay.notifier().notify();
+                    while wal_relay.stats().published < before + MSGS as u64 {
+                        tokio::time::sleep(Duration::from_micros(500)).await;
+                    }
+                    let d = start.elapsed();
+                    record(totals, "wal_relay", MSGS as u64, d);
+                    total += d;
+                }
+                total
+            })
+        });
+    });
+    env.rt.block_on(wal_handle.shutdown());
     g.finish();
 }
 
-async fn commits(env: &Env, with_outbox: bool, conns: usize, per_conn: usize) -> Duration {
+async fn commits(env: &Env, variant: Variant, conns: usize, per_conn: usize) -> Duration {
     let start = Instant::now();
     let tasks = (0..conns).map(|_| async {
         for _ in 0..per_conn {
-            let mut tx = env.pool.begin().await.unwrap();
+            let mut tx = if variant == Variant::Wal {
+                env.wal.begin(&[env.msg()]).await.unwrap()
+            } else {
+                env.pool.begin().await.unwrap()
+            };
             sqlx::query("INSERT INTO payments (amount_minor, currency) VALUES ($1, 'EUR')")
                 .bind(1250i64)
                 .execute(&mut *tx)
                 .await
                 .unwrap();
-            if with_outbox {
+            if variant == Variant::Row {
                 env.store.enqueue(&mut tx, &[env.msg()]).await.unwrap();
             }
             tx.commit().await.unwrap();
@@ -277,24 +353,41 @@ async fn commits(env: &Env, with_outbox: bool, conns: usize, per_conn: usize) ->
     start.elapsed()
 }
 
+/// Empties the tables and moves the WAL outbox's slot to the end, so the
+/// next round starts alike.
+async fn reset(env: &Env) {
+    sqlx::query("TRUNCATE outbox_messages, payments")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    sqlx::query("SELECT pg_replication_slot_advance($1, pg_current_wal_lsn())")
+        .bind(env.wal.slot_name())
+        .execute(&env.pool)
+        .await
+        .unwrap();
+}
+
+const VARIANTS: [(&str, Variant); 3] = [
+    ("without_outbox", Variant::Bare),
+    ("with_outbox_row", Variant::Row),
+    ("with_wal_message", Variant::Wal),
+];
+
 fn enqueue_overhead(c: &mut Criterion, env: &Env, totals: &Totals) {
     let (conns, per_conn) = (32, 60);
     let mut g = c.benchmark_group("business_commit_32_connections");
     g.throughput(criterion::Throughput::Elements((conns * per_conn) as u64));
-    for (name, with) in [("without_outbox", false), ("with_outbox_row", true)] {
+    for (name, variant) in VARIANTS {
         g.bench_function(name, |b| {
             b.iter_custom(|iters| {
                 env.rt.block_on(async {
                     let mut total = Duration::ZERO;
                     for _ in 0..iters {
-                        let d = commits(env, with, conns, per_conn).await;
+                        let d = commits(env, variant, conns, per_conn).await;
                         record(totals, name, (conns * per_conn) as u64, d);
                         total += d;
                     }
-                    sqlx::query("TRUNCATE outbox_messages, payments")
-                        .execute(&env.pool)
-                        .await
-                        .unwrap();
+                    reset(env).await;
                     total
                 })
             });
@@ -303,22 +396,20 @@ fn enqueue_overhead(c: &mut Criterion, env: &Env, totals: &Totals) {
     g.finish();
 }
 
-/// Alternates the two variants round by round, so background load on a
-/// shared machine hits both alike; returns (without, with) commits/s.
-fn interleaved_commits(env: &Env) -> (f64, f64) {
-    let (conns, per_conn, rounds) = (32, 60, 6);
+/// Alternates the variants round by round, so background load on a shared
+/// machine hits them alike; returns commits/s of each, as in [`VARIANTS`].
+fn interleaved_commits(env: &Env) -> [f64; 3] {
+    let (conns, per_conn, rounds) = (32, 60, 8);
     env.rt.block_on(async {
-        let (mut d_without, mut d_with) = (Duration::ZERO, Duration::ZERO);
+        let mut d = [Duration::ZERO; 3];
         for _ in 0..rounds {
-            d_without += commits(env, false, conns, per_conn).await;
-            d_with += commits(env, true, conns, per_conn).await;
-            sqlx::query("TRUNCATE outbox_messages, payments")
-                .execute(&env.pool)
-                .await
-                .unwrap();
+            for (i, (_, variant)) in VARIANTS.iter().enumerate() {
+                d[i] += commits(env, *variant, conns, per_conn).await;
+            }
+            reset(env).await;
         }
         let n = (conns * per_conn * rounds) as f64;
-        (n / d_without.as_secs_f64(), n / d_with.as_secs_f64())
+        d.map(|d| n / d.as_secs_f64())
     })
 }
 
@@ -397,6 +488,62 @@ fn latency(env: &Env) -> (f64, f64, usize, f64) {
     })
 }
 
+/// As [`latency`], with the WAL outbox: each commit carries its message in
+/// its `BEGIN` round trip and one stream relay publishes.
+fn wal_latency(env: &Env) -> (f64, f64, usize, f64) {
+    env.rt.block_on(async {
+        env.purge().await;
+        let committed = Arc::new(Mutex::new(HashMap::new()));
+        let latencies = Arc::new(Mutex::new(Vec::new()));
+        let publisher = Timed {
+            inner: AmqpPublisher::builder(&env.amqp_url).build().unwrap(),
+            committed: committed.clone(),
+            latencies: latencies.clone(),
+        };
+        let relay = LogicalRelay::builder(env.wal.clone(), env.store.clone(), Arc::new(publisher))
+            .build()
+            .unwrap();
+        let handle = relay.spawn();
+        // Steady state: the relay has connected and caught up with the slot
+        // (the commits benchmark left it far behind its restart point).
+        let tx = env.wal.begin(&[env.msg()]).await.unwrap();
+        tx.commit().await.unwrap();
+        while relay.stats().published < 1 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        latencies.lock().clear();
+        let (producers_n, per_sec, secs): (u64, u64, u64) = (8, 250, 5);
+        let start = Instant::now();
+        let producers = (0..producers_n).map(|_| {
+            let (committed, relay) = (committed.clone(), relay.clone());
+            async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(1000 / per_sec));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+                for _ in 0..(per_sec * secs) {
+                    tick.tick().await;
+                    let m = env.msg();
+                    let id = m.id;
+                    let tx = env.wal.begin(&[m]).await.unwrap();
+                    tx.commit().await.unwrap();
+                    committed.lock().insert(id, Instant::now());
+                    relay.notifier().notify();
+                }
+            }
+        });
+        futures::future::join_all(producers).await;
+        let total = producers_n * per_sec * secs;
+        let offered = total as f64 / start.elapsed().as_secs_f64();
+        while relay.stats().published < total + 1 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        handle.shutdown().await;
+        let mut l = latencies.lock().clone();
+        l.sort();
+        let pct = |p: f64| l[((l.len() as f64 - 1.0) * p) as usize].as_secs_f64() * 1000.0;
+        (pct(0.50), pct(0.99), l.len(), offered)
+    })
+}
+
 fn full_loop(env: &Env) -> f64 {
     env.rt.block_on(async {
         env.purge().await;
@@ -462,15 +609,21 @@ fn main() {
     let totals: Totals = Arc::default();
     relay_throughput(&mut c, &env, &totals);
     enqueue_overhead(&mut c, &env, &totals);
-    let (il_without, il_with) = interleaved_commits(&env);
+    let il = interleaved_commits(&env);
     let (p50, p99, samples, offered) = latency(&env);
+    let (wp50, wp99, wsamples, woffered) = wal_latency(&env);
     let loop_rate = full_loop(&env);
     c.final_summary();
 
-    let (raw, relay) = (rate(&totals, "raw"), rate(&totals, "relay"));
-    let (without, with) = (
+    let (raw, relay, wal_relay) = (
+        rate(&totals, "raw"),
+        rate(&totals, "relay"),
+        rate(&totals, "wal_relay"),
+    );
+    let (without, with, wal) = (
         rate(&totals, "without_outbox"),
         rate(&totals, "with_outbox_row"),
+        rate(&totals, "with_wal_message"),
     );
     println!("\n== outbox figures (this run) ==");
     println!(
@@ -478,15 +631,30 @@ fn main() {
         relay / raw
     );
     println!(
+        "WAL relay -> quorum queue:  {wal_relay:>9.0} msg/s   raw lapin pipelined confirms: {raw:>9.0} msg/s   ratio {:.2}x (target >= 0.80)",
+        wal_relay / raw
+    );
+    println!(
         "commits at 32 connections:  {with:>9.0} /s with outbox row   {without:>9.0} /s without   ratio {:.3}x (target >= 0.95)",
         with / without
+    );
+    println!(
+        "commits at 32 connections:  {wal:>9.0} /s with WAL message   {without:>9.0} /s without   ratio {:.3}x (target >= 0.95)",
+        wal / without
+    );
+    println!(
+        "commits at 32 connections, interleaved rounds: {:>9.0} /s without   {:>9.0} /s with row (ratio {:.3}x)   {:>9.0} /s with WAL message (ratio {:.3}x)",
+        il[0],
+        il[1],
+        il[1] / il[0],
+        il[2],
+        il[2] / il[0]
     );
     println!(
         "commit -> confirm latency:  p50 {p50:.2} ms  p99 {p99:.2} ms  ({samples} messages, offered {offered:.0} msg/s; target p50 < 10 ms, p99 < 50 ms)"
     );
     println!(
-        "commits at 32 connections, interleaved rounds: {il_with:>9.0} /s with   {il_without:>9.0} /s without   ratio {:.3}x",
-        il_with / il_without
+        "WAL commit -> confirm:      p50 {wp50:.2} ms  p99 {wp99:.2} ms  ({wsamples} messages, offered {woffered:.0} msg/s; target p50 < 10 ms, p99 < 50 ms)"
     );
     println!("full loop outbox -> RabbitMQ -> consumer -> inbox: {loop_rate:.0} msg/s");
     env.teardown();

@@ -21,6 +21,8 @@ mod store;
 #[cfg(feature = "amqp")]
 mod amqp;
 #[cfg(feature = "postgres")]
+mod logical;
+#[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
@@ -47,7 +49,7 @@ pub use store::{
 pub mod metric_names {
     pub use crate::stats::{
         ATTEMPTS, BACKLOG, DEAD, DEAD_LETTERED, DELIVERY_LAG_SECONDS, FAILED, OLDEST_AGE,
-        PUBLISH_SECONDS, PUBLISHED,
+        PUBLISH_SECONDS, PUBLISHED, STREAM_LAG_BYTES,
     };
 }
 
@@ -63,6 +65,9 @@ pub use inbox::postgres::PgInbox;
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use inbox::sqlite::SqliteInbox;
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use logical::{LogicalRelay, LogicalRelayBuilder, PgLogicalOutbox};
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use postgres::PgOutboxStore;

@@ -183,6 +183,127 @@ impl PgOutboxStore {
     async fn relay_tx(&self) -> Result<Transaction<'static, Postgres>, Error> {
         self.relay_pool.begin().await.map_err(Error::db)
     }
+
+    /// Moves messages read from the WAL stream into the table (to be retried
+    /// or delivered later) and into the dead-letter table, in one durable
+    /// transaction on the main pool. Ids already present are skipped, so a
+    /// relay that dies before advancing its slot can divert the same
+    /// messages again.
+    pub(crate) async fn divert(
+        &self,
+        rows: &[crate::logical::Diverted],
+        dead: &[crate::logical::Diverted],
+        now: i64,
+    ) -> Result<(), Error> {
+        fn columns(rows: &[crate::logical::Diverted]) -> Result<Columns<'_>, Error> {
+            let mut c = Columns::default();
+            for d in rows {
+                let m = &d.message;
+                c.ids.push(m.id.as_uuid());
+                c.exchanges.push(m.destination.exchange.as_str());
+                c.keys.push(m.destination.routing_key.as_str());
+                c.pkeys.push(m.partition_key.as_deref());
+                c.headers.push(m.headers.to_json()?);
+                c.payloads.push(m.payload.as_slice());
+                c.cts.push(m.content_type.as_str());
+                c.created.push(d.created_at);
+                c.avail.push(d.available_at);
+                c.attempts
+                    .push(i32::try_from(d.attempts).unwrap_or(i32::MAX));
+                c.errors.push(d.last_error.as_deref());
+            }
+            Ok(c)
+        }
+        let mut tx = self.pool.begin().await.map_err(Error::db)?;
+        if !rows.is_empty() {
+            let c = columns(rows)?;
+            sqlx::query(
+                "INSERT INTO outbox_messages
+                   (id, exchange, routing_key, partition_key, headers, payload, content_type,
+                    created_at, available_at, attempts, last_error)
+                 SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
+                                      $6::bytea[], $7::text[], $8::bigint[], $9::bigint[],
+                                      $10::int[], $11::text[])
+                 ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(c.ids)
+            .bind(c.exchanges)
+            .bind(c.keys)
+            .bind(c.pkeys)
+            .bind(c.headers)
+            .bind(c.payloads)
+            .bind(c.cts)
+            .bind(c.created)
+            .bind(c.avail)
+            .bind(c.attempts)
+            .bind(c.errors)
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::db)?;
+        }
+        if !dead.is_empty() {
+            let c = columns(dead)?;
+            sqlx::query(
+                "INSERT INTO outbox_dead_letters
+                   (id, exchange, routing_key, partition_key, headers, payload, content_type,
+                    created_at, attempts, last_error, dead_at)
+                 SELECT id, ex, rk, pk, h, p, ct, cr, att, COALESCE(err, ''), $10
+                 FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
+                             $6::bytea[], $7::text[], $8::bigint[], $9::int[], $11::text[])
+                      AS u(id, ex, rk, pk, h, p, ct, cr, att, err)
+                 ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(c.ids)
+            .bind(c.exchanges)
+            .bind(c.keys)
+            .bind(c.pkeys)
+            .bind(c.headers)
+            .bind(c.payloads)
+            .bind(c.cts)
+            .bind(c.created)
+            .bind(c.attempts)
+            .bind(now)
+            .bind(c.errors)
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::db)?;
+        }
+        tx.commit().await.map_err(Error::db)
+    }
+
+    /// Which of `keys` have undelivered rows in the table.
+    pub(crate) async fn pending_keys(
+        &self,
+        keys: Vec<String>,
+    ) -> Result<std::collections::HashSet<String>, Error> {
+        if keys.is_empty() {
+            return Ok(std::collections::HashSet::new());
+        }
+        let found: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT partition_key FROM outbox_messages
+             WHERE delivered_at IS NULL AND partition_key = ANY($1)",
+        )
+        .bind(keys)
+        .fetch_all(&self.relay_pool)
+        .await
+        .map_err(Error::db)?;
+        Ok(found.into_iter().collect())
+    }
+}
+
+#[derive(Default)]
+struct Columns<'a> {
+    ids: Vec<Uuid>,
+    exchanges: Vec<&'a str>,
+    keys: Vec<&'a str>,
+    pkeys: Vec<Option<&'a str>>,
+    headers: Vec<String>,
+    payloads: Vec<&'a [u8]>,
+    cts: Vec<&'a str>,
+    created: Vec<i64>,
+    avail: Vec<i64>,
+    attempts: Vec<i32>,
+    errors: Vec<Option<&'a str>>,
 }
 
 fn uuids(ids: &[MessageId]) -> Vec<Uuid> {

@@ -435,6 +435,12 @@ impl Relay {
     pub fn spawn(&self) -> RelayHandle {
         let cancel = CancellationToken::new();
         let mut tasks = JoinSet::new();
+        self.spawn_into(&cancel, &mut tasks);
+        RelayHandle { cancel, tasks }
+    }
+
+    /// Starts the workers and the housekeeping task in `tasks`, stopped by `cancel`.
+    pub(crate) fn spawn_into(&self, cancel: &CancellationToken, tasks: &mut JoinSet<()>) {
         for _ in 0..self.inner.config.workers {
             let relay = self.clone();
             let cancel = cancel.clone();
@@ -454,7 +460,6 @@ impl Relay {
                 }
             }
         });
-        RelayHandle { cancel, tasks }
     }
 
     async fn worker(&self, cancel: CancellationToken) {
@@ -511,6 +516,11 @@ pub struct RelayHandle {
 }
 
 impl RelayHandle {
+    #[cfg(feature = "postgres")]
+    pub(crate) fn new(cancel: CancellationToken, tasks: JoinSet<()>) -> Self {
+        Self { cancel, tasks }
+    }
+
     /// Stops the relay after the batches in progress are acked, and waits for it.
     pub async fn shutdown(mut self) {
         self.cancel.cancel();

@@ -18,6 +18,8 @@ pub const ATTEMPTS: &str = "outbox_delivery_attempts";
 pub const PUBLISHED: &str = "outbox_published_total";
 /// Counter: failed publishes (label `reason`).
 pub const FAILED: &str = "outbox_publish_failures_total";
+/// Gauge: bytes of WAL the WAL outbox's replication slot has not confirmed.
+pub const STREAM_LAG_BYTES: &str = "outbox_stream_lag_bytes";
 /// Counter: messages moved to the dead-letter table.
 pub const DEAD_LETTERED: &str = "outbox_dead_lettered_total";
 

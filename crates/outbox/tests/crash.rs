@@ -14,8 +14,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use counterfoil_outbox::{
     AmqpConsumer, AmqpPublisher, Destination, HandlerError, InboxOutcome, IncomingMessage,
-    OutboxMessage, OutboxStore, PgInbox, PgOutboxStore, PublishError, Publisher, QueueTopology,
-    Relay, handler_fn,
+    LogicalRelay, OutboxMessage, OutboxStore, PgInbox, PgLogicalOutbox, PgOutboxStore,
+    PublishError, Publisher, QueueTopology, Relay, handler_fn,
 };
 use tokio::sync::mpsc;
 
@@ -200,6 +200,147 @@ async fn relay_killed_mid_batch_loses_nothing_and_the_inbox_drops_duplicates() {
     assert_eq!(effects, n as i64);
     assert_eq!(store.backlog().await.unwrap().pending, 0);
     consumer.delete_topology(true).await.unwrap();
+    db.cleanup().await;
+}
+
+#[test]
+fn wal_relay_child() {
+    if std::env::var(CHILD).as_deref() != Ok("wal_relay") {
+        return;
+    }
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_writer(std::io::stderr)
+        .try_init();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let pool =
+            common::PgTestDb::pool_for(&child_env("PG_URL"), &child_env("PG_SCHEMA"), 4).await;
+        let outbox = PgLogicalOutbox::new(pool.clone())
+            .name(&child_env("SLOT"))
+            .unwrap();
+        let publisher = StallAfterConfirms {
+            inner: AmqpPublisher::builder(child_env("AMQP_URL"))
+                .build()
+                .unwrap(),
+            batches: AtomicU32::new(0),
+            stall_after: 3,
+        };
+        // Batches of at most 100 messages: one transaction each.
+        let relay = LogicalRelay::builder(outbox, PgOutboxStore::new(pool), Arc::new(publisher))
+            .batch_changes(100)
+            .build()
+            .unwrap();
+        let _handle = relay.spawn();
+        std::future::pending::<()>().await;
+    });
+}
+
+#[tokio::test]
+async fn wal_relay_killed_between_confirm_and_advance_loses_nothing() {
+    let Some(url) = common::service_url("TEST_AMQP_URL") else {
+        return;
+    };
+    let Some(db) = common::PgTestDb::new(8).await else {
+        return;
+    };
+    let store = PgOutboxStore::new(db.pool.clone());
+    store.migrate().await.unwrap();
+    sqlx::query(common::EFFECTS_DDL)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let slot = common::unique("cfo_crash");
+    let _guard = common::SlotGuard {
+        url: db.url().to_owned(),
+        name: slot.clone(),
+        schema: None,
+    };
+    let outbox = PgLogicalOutbox::new(db.pool.clone()).name(&slot).unwrap();
+    outbox.setup().await.unwrap();
+    let exchange = common::unique("ex");
+    let topology = QueueTopology::new(common::unique("q")).bind(&exchange, "#");
+    let (tx_seen, mut rx_seen) = mpsc::unbounded_channel();
+    let consumer = AmqpConsumer::builder(
+        &url,
+        topology,
+        common::pg_inbox_handler(db.pool.clone(), "agent", tx_seen),
+    )
+    .concurrency(8)
+    .build()
+    .unwrap();
+    consumer.declare().await.unwrap();
+
+    // Six business transactions of 100 messages each.
+    let n = 600;
+    for t in 0..6 {
+        let msgs: Vec<_> = (0..100)
+            .map(|i| {
+                OutboxMessage::new(
+                    Destination::new(&exchange, "jobs"),
+                    format!("{}", t * 100 + i).into_bytes(),
+                )
+            })
+            .collect();
+        let tx = outbox.begin(&msgs).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+
+    let mut child = spawn_child(
+        "wal_relay_child",
+        "wal_relay",
+        &[
+            ("PG_URL", db.url()),
+            ("PG_SCHEMA", &db.schema),
+            ("AMQP_URL", &url),
+            ("SLOT", &slot),
+        ],
+    );
+    let line = wait_for_line(&mut child, "STALLED").await;
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    // The third batch was confirmed by the broker, never to PostgreSQL.
+    assert_eq!(line, "STALLED 100");
+
+    // Restart: a new relay takes the slot once the dead one's connection is gone.
+    let cons = consumer.spawn();
+    let relay = LogicalRelay::builder(
+        outbox.clone(),
+        store.clone(),
+        Arc::new(AmqpPublisher::builder(&url).build().unwrap()),
+    )
+    .standby_interval(Duration::from_millis(100))
+    .build()
+    .unwrap();
+    let relay_handle = relay.spawn();
+    let (mut new, mut dup) = (std::collections::HashSet::new(), 0);
+    while new.len() < n || dup < 100 {
+        let s = tokio::time::timeout(WAIT, rx_seen.recv())
+            .await
+            .expect("deliveries stalled")
+            .unwrap();
+        if s.duplicate {
+            dup += 1;
+        } else {
+            assert!(new.insert(s.id), "a second effect for {}", s.id);
+        }
+    }
+    relay_handle.shutdown().await;
+    cons.shutdown().await;
+    // The stalled round was confirmed by the broker but never to
+    // PostgreSQL, so it is published again; earlier rounds may be too, if
+    // the child was killed before its last status update reached the server.
+    assert!(dup >= 100, "{dup}");
+    let effects: i64 = sqlx::query_scalar("SELECT count(*) FROM effects")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(effects, n as i64);
+    assert_eq!(
+        outbox.lag_bytes().await.unwrap().map(|l| l < 1 << 20),
+        Some(true)
+    );
+    consumer.delete_topology(true).await.unwrap();
+    drop(_guard);
     db.cleanup().await;
 }
 

@@ -178,3 +178,47 @@ pub async fn recv_n<T>(
     }
     out
 }
+
+/// Drops a WAL outbox's replication slot and publication, and optionally a
+/// schema, when dropped: on a thread with its own runtime and connections,
+/// so it also runs while a failed test unwinds (a leaked slot would keep WAL
+/// on the test server for good).
+pub struct SlotGuard {
+    pub url: String,
+    pub name: String,
+    pub schema: Option<String>,
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        let (url, name, schema) = (self.url.clone(), self.name.clone(), self.schema.take());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let admin = PgPool::connect(&url).await.unwrap();
+                let outbox = counterfoil_outbox::PgLogicalOutbox::new(admin.clone())
+                    .name(&name)
+                    .unwrap();
+                for _ in 0..100 {
+                    // The slot is busy while a relay's read is still running.
+                    if outbox.drop_slot().await.is_ok() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                if let Some(schema) = schema {
+                    sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+                        .execute(&admin)
+                        .await
+                        .unwrap();
+                }
+                admin.close().await;
+            });
+        })
+        .join()
+        .ok();
+    }
+}
