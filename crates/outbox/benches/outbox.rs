@@ -439,26 +439,53 @@ impl Publisher for Timed {
     }
 }
 
-fn latency(env: &Env) -> (f64, f64, usize, f64) {
+/// Commit -> broker-confirm latency at 2,000 msg/s: 8 producers x 250
+/// commits/s for 5 s, one message per commit, through the table relay
+/// (`wal == false`) or the WAL outbox's stream relay. Returns p50 and p99
+/// in ms, the sample count and the offered rate.
+fn latency(env: &Env, wal: bool) -> (f64, f64, usize, f64) {
     env.rt.block_on(async {
         env.purge().await;
         let committed = Arc::new(Mutex::new(HashMap::new()));
         let latencies = Arc::new(Mutex::new(Vec::new()));
-        let publisher = Timed {
+        let publisher = Arc::new(Timed {
             inner: AmqpPublisher::builder(&env.amqp_url).build().unwrap(),
             committed: committed.clone(),
             latencies: latencies.clone(),
+        });
+        type Published = Box<dyn Fn() -> u64>;
+        let (handle, notifier, published): (_, _, Published) = if wal {
+            let relay = LogicalRelay::builder(env.wal.clone(), env.store.clone(), publisher)
+                .build()
+                .unwrap();
+            let handle = relay.spawn();
+            // Steady state: the relay has connected and caught up with the
+            // slot (the commits benchmark left it far behind its restart point).
+            let tx = env.wal.begin(&[env.msg()]).await.unwrap();
+            tx.commit().await.unwrap();
+            while relay.stats().published < 1 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            latencies.lock().clear();
+            let notifier = relay.notifier().clone();
+            (
+                handle,
+                notifier,
+                Box::new(move || relay.stats().published - 1),
+            )
+        } else {
+            let relay = Relay::builder(Arc::new(env.store.clone()), publisher)
+                .batch_size(256)
+                .build()
+                .unwrap();
+            let handle = relay.spawn();
+            let notifier = relay.notifier().clone();
+            (handle, notifier, Box::new(move || relay.stats().published))
         };
-        let relay = Relay::builder(Arc::new(env.store.clone()), Arc::new(publisher))
-            .batch_size(256)
-            .build()
-            .unwrap();
-        let handle = relay.spawn();
-        // 8 producers x 250 commits/s, one message per commit, for 5 s.
         let (producers_n, per_sec, secs): (u64, u64, u64) = (8, 250, 5);
         let start = Instant::now();
         let producers = (0..producers_n).map(|_| {
-            let (committed, relay) = (committed.clone(), relay.clone());
+            let (committed, notifier) = (committed.clone(), notifier.clone());
             async move {
                 let mut tick = tokio::time::interval(Duration::from_millis(1000 / per_sec));
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -466,74 +493,23 @@ fn latency(env: &Env) -> (f64, f64, usize, f64) {
                     tick.tick().await;
                     let m = env.msg();
                     let id = m.id;
-                    let mut tx = env.pool.begin().await.unwrap();
-                    env.store.enqueue(&mut tx, &[m]).await.unwrap();
-                    tx.commit().await.unwrap();
+                    if wal {
+                        let tx = env.wal.begin(&[m]).await.unwrap();
+                        tx.commit().await.unwrap();
+                    } else {
+                        let mut tx = env.pool.begin().await.unwrap();
+                        env.store.enqueue(&mut tx, &[m]).await.unwrap();
+                        tx.commit().await.unwrap();
+                    }
                     committed.lock().insert(id, Instant::now());
-                    relay.notifier().notify();
+                    notifier.notify();
                 }
             }
         });
         futures::future::join_all(producers).await;
         let total = producers_n * per_sec * secs;
         let offered = total as f64 / start.elapsed().as_secs_f64();
-        while relay.stats().published < total {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        handle.shutdown().await;
-        let mut l = latencies.lock().clone();
-        l.sort();
-        let pct = |p: f64| l[((l.len() as f64 - 1.0) * p) as usize].as_secs_f64() * 1000.0;
-        (pct(0.50), pct(0.99), l.len(), offered)
-    })
-}
-
-/// As [`latency`], with the WAL outbox: each commit carries its message in
-/// its `BEGIN` round trip and one stream relay publishes.
-fn wal_latency(env: &Env) -> (f64, f64, usize, f64) {
-    env.rt.block_on(async {
-        env.purge().await;
-        let committed = Arc::new(Mutex::new(HashMap::new()));
-        let latencies = Arc::new(Mutex::new(Vec::new()));
-        let publisher = Timed {
-            inner: AmqpPublisher::builder(&env.amqp_url).build().unwrap(),
-            committed: committed.clone(),
-            latencies: latencies.clone(),
-        };
-        let relay = LogicalRelay::builder(env.wal.clone(), env.store.clone(), Arc::new(publisher))
-            .build()
-            .unwrap();
-        let handle = relay.spawn();
-        // Steady state: the relay has connected and caught up with the slot
-        // (the commits benchmark left it far behind its restart point).
-        let tx = env.wal.begin(&[env.msg()]).await.unwrap();
-        tx.commit().await.unwrap();
-        while relay.stats().published < 1 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        latencies.lock().clear();
-        let (producers_n, per_sec, secs): (u64, u64, u64) = (8, 250, 5);
-        let start = Instant::now();
-        let producers = (0..producers_n).map(|_| {
-            let (committed, relay) = (committed.clone(), relay.clone());
-            async move {
-                let mut tick = tokio::time::interval(Duration::from_millis(1000 / per_sec));
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-                for _ in 0..(per_sec * secs) {
-                    tick.tick().await;
-                    let m = env.msg();
-                    let id = m.id;
-                    let tx = env.wal.begin(&[m]).await.unwrap();
-                    tx.commit().await.unwrap();
-                    committed.lock().insert(id, Instant::now());
-                    relay.notifier().notify();
-                }
-            }
-        });
-        futures::future::join_all(producers).await;
-        let total = producers_n * per_sec * secs;
-        let offered = total as f64 / start.elapsed().as_secs_f64();
-        while relay.stats().published < total + 1 {
+        while published() < total {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         handle.shutdown().await;
@@ -610,8 +586,8 @@ fn main() {
     relay_throughput(&mut c, &env, &totals);
     enqueue_overhead(&mut c, &env, &totals);
     let il = interleaved_commits(&env);
-    let (p50, p99, samples, offered) = latency(&env);
-    let (wp50, wp99, wsamples, woffered) = wal_latency(&env);
+    let (p50, p99, samples, offered) = latency(&env, false);
+    let (wp50, wp99, wsamples, woffered) = latency(&env, true);
     let loop_rate = full_loop(&env);
     c.final_summary();
 

@@ -81,11 +81,12 @@ impl Publisher for StallAfterConfirms {
     }
 }
 
-#[test]
-fn relay_child() {
-    if std::env::var(CHILD).as_deref() != Ok("relay") {
-        return;
-    }
+/// Runs a relay child: a tracing subscriber, a runtime, a pool on the
+/// parent's schema and a publisher that stalls after its third batch; `start`
+/// spawns the relay, which then runs until the parent kills the process.
+fn run_stalling_relay(
+    start: impl FnOnce(sqlx::PgPool, StallAfterConfirms) -> counterfoil_outbox::RelayHandle,
+) {
     let _ = tracing_subscriber::fmt()
         .with_max_level(tracing::Level::INFO)
         .with_writer(std::io::stderr)
@@ -93,7 +94,6 @@ fn relay_child() {
     tokio::runtime::Runtime::new().unwrap().block_on(async {
         let pool =
             common::PgTestDb::pool_for(&child_env("PG_URL"), &child_env("PG_SCHEMA"), 4).await;
-        let store = PgOutboxStore::new(pool);
         let publisher = StallAfterConfirms {
             inner: AmqpPublisher::builder(child_env("AMQP_URL"))
                 .build()
@@ -101,64 +101,132 @@ fn relay_child() {
             batches: AtomicU32::new(0),
             stall_after: 3,
         };
-        let relay = Relay::builder(Arc::new(store), Arc::new(publisher))
+        let _handle = start(pool, publisher);
+        std::future::pending::<()>().await;
+    });
+}
+
+/// A test schema with the outbox tables and an effects table, and a
+/// declared consumer whose handler records effects through the inbox.
+struct CrashScene {
+    url: String,
+    db: common::PgTestDb,
+    store: PgOutboxStore,
+    exchange: String,
+    consumer: AmqpConsumer,
+    seen: mpsc::UnboundedReceiver<common::Seen>,
+}
+
+impl CrashScene {
+    async fn new() -> Option<Self> {
+        let url = common::service_url("TEST_AMQP_URL")?;
+        let db = common::PgTestDb::new(8).await?;
+        let store = PgOutboxStore::new(db.pool.clone());
+        store.migrate().await.unwrap();
+        sqlx::query(common::EFFECTS_DDL)
+            .execute(&db.pool)
+            .await
+            .unwrap();
+        let exchange = common::unique("ex");
+        let topology = QueueTopology::new(common::unique("q")).bind(&exchange, "#");
+        let (tx_seen, seen) = mpsc::unbounded_channel();
+        let consumer = AmqpConsumer::builder(
+            &url,
+            topology,
+            common::pg_inbox_handler(db.pool.clone(), "agent", tx_seen),
+        )
+        .concurrency(8)
+        .build()
+        .unwrap();
+        consumer.declare().await.unwrap();
+        Some(Self {
+            url,
+            db,
+            store,
+            exchange,
+            consumer,
+            seen,
+        })
+    }
+
+    fn messages(&self, from: usize, n: usize) -> Vec<OutboxMessage> {
+        (from..from + n)
+            .map(|i| {
+                OutboxMessage::new(
+                    Destination::new(&self.exchange, "jobs"),
+                    format!("{i}").into_bytes(),
+                )
+            })
+            .collect()
+    }
+
+    /// Receives until `n` distinct effects and at least `dups` dropped
+    /// duplicates were seen; returns the duplicates. Fails on a second
+    /// effect of one message.
+    async fn effects(&mut self, n: usize, dups: usize) -> usize {
+        let (mut new, mut dup) = (std::collections::HashSet::new(), 0);
+        while new.len() < n || dup < dups {
+            let s = tokio::time::timeout(WAIT, self.seen.recv())
+                .await
+                .expect("deliveries stalled")
+                .unwrap();
+            if s.duplicate {
+                dup += 1;
+            } else {
+                assert!(new.insert(s.id), "a second effect for {}", s.id);
+            }
+        }
+        let effects: i64 = sqlx::query_scalar("SELECT count(*) FROM effects")
+            .fetch_one(&self.db.pool)
+            .await
+            .unwrap();
+        assert_eq!(effects, n as i64);
+        dup
+    }
+
+    async fn cleanup(self) {
+        self.consumer.delete_topology(true).await.unwrap();
+        self.db.cleanup().await;
+    }
+}
+
+#[test]
+fn relay_child() {
+    if std::env::var(CHILD).as_deref() != Ok("relay") {
+        return;
+    }
+    run_stalling_relay(|pool, publisher| {
+        Relay::builder(Arc::new(PgOutboxStore::new(pool)), Arc::new(publisher))
             .batch_size(50)
             .workers(1)
             .lease(Duration::from_secs(2))
             .build()
-            .unwrap();
-        let _handle = relay.spawn();
-        std::future::pending::<()>().await;
+            .unwrap()
+            .spawn()
     });
 }
 
 #[tokio::test]
 async fn relay_killed_mid_batch_loses_nothing_and_the_inbox_drops_duplicates() {
-    let Some(url) = common::service_url("TEST_AMQP_URL") else {
+    let Some(mut scene) = CrashScene::new().await else {
         return;
     };
-    let Some(db) = common::PgTestDb::new(8).await else {
-        return;
-    };
-    let store = PgOutboxStore::new(db.pool.clone());
-    store.migrate().await.unwrap();
-    sqlx::query(common::EFFECTS_DDL)
-        .execute(&db.pool)
+    let n = 600;
+    let mut tx = scene.db.pool.begin().await.unwrap();
+    scene
+        .store
+        .enqueue(&mut tx, &scene.messages(0, n))
         .await
         .unwrap();
-    let exchange = common::unique("ex");
-    let topology = QueueTopology::new(common::unique("q")).bind(&exchange, "#");
-    let (tx_seen, mut rx_seen) = mpsc::unbounded_channel();
-    let consumer = AmqpConsumer::builder(
-        &url,
-        topology,
-        common::pg_inbox_handler(db.pool.clone(), "agent", tx_seen),
-    )
-    .concurrency(8)
-    .build()
-    .unwrap();
-    consumer.declare().await.unwrap();
-
-    let n = 600;
-    let mut tx = db.pool.begin().await.unwrap();
-    let msgs: Vec<_> = (0..n)
-        .map(|i| {
-            OutboxMessage::new(
-                Destination::new(&exchange, "jobs"),
-                format!("{i}").into_bytes(),
-            )
-        })
-        .collect();
-    store.enqueue(&mut tx, &msgs).await.unwrap();
     tx.commit().await.unwrap();
 
     let mut child = spawn_child(
         "relay_child",
         "relay",
         &[
-            ("PG_URL", db.url()),
-            ("PG_SCHEMA", &db.schema),
-            ("AMQP_URL", &url),
+            ("PG_URL", scene.db.url()),
+            ("PG_SCHEMA", &scene.db.schema),
+            ("AMQP_URL", &scene.url),
         ],
     );
     let line = wait_for_line(&mut child, "STALLED").await;
@@ -166,41 +234,27 @@ async fn relay_killed_mid_batch_loses_nothing_and_the_inbox_drops_duplicates() {
     child.wait().unwrap();
     assert_eq!(line, "STALLED 50");
     // Two batches were acked; the third was confirmed by the broker but not acked.
-    assert_eq!(store.backlog().await.unwrap().pending, (n - 100) as u64);
+    assert_eq!(
+        scene.store.backlog().await.unwrap().pending,
+        (n - 100) as u64
+    );
 
     // Restart: a new relay takes over once the dead relay's lease runs out.
-    let cons = consumer.spawn();
+    let cons = scene.consumer.spawn();
     let relay = Relay::builder(
-        Arc::new(store.clone()),
-        Arc::new(AmqpPublisher::builder(&url).build().unwrap()),
+        Arc::new(scene.store.clone()),
+        Arc::new(AmqpPublisher::builder(&scene.url).build().unwrap()),
     )
     .poll_interval(Duration::from_millis(25), Duration::from_millis(200))
     .build()
     .unwrap();
     let relay_handle = relay.spawn();
-    let (mut new, mut dup) = (std::collections::HashSet::new(), 0);
-    while new.len() < n || dup < 50 {
-        let s = tokio::time::timeout(WAIT, rx_seen.recv())
-            .await
-            .expect("deliveries stalled")
-            .unwrap();
-        if s.duplicate {
-            dup += 1;
-        } else {
-            assert!(new.insert(s.id), "a second effect for {}", s.id);
-        }
-    }
+    let dup = scene.effects(n, 50).await;
     relay_handle.shutdown().await;
     cons.shutdown().await;
     assert_eq!(dup, 50, "exactly the unacked batch was published twice");
-    let effects: i64 = sqlx::query_scalar("SELECT count(*) FROM effects")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
-    assert_eq!(effects, n as i64);
-    assert_eq!(store.backlog().await.unwrap().pending, 0);
-    consumer.delete_topology(true).await.unwrap();
-    db.cleanup().await;
+    assert_eq!(scene.store.backlog().await.unwrap().pending, 0);
+    scene.cleanup().await;
 }
 
 #[test]
@@ -208,80 +262,38 @@ fn wal_relay_child() {
     if std::env::var(CHILD).as_deref() != Ok("wal_relay") {
         return;
     }
-    let _ = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::INFO)
-        .with_writer(std::io::stderr)
-        .try_init();
-    tokio::runtime::Runtime::new().unwrap().block_on(async {
-        let pool =
-            common::PgTestDb::pool_for(&child_env("PG_URL"), &child_env("PG_SCHEMA"), 4).await;
+    run_stalling_relay(|pool, publisher| {
         let outbox = PgLogicalOutbox::new(pool.clone())
             .name(&child_env("SLOT"))
             .unwrap();
-        let publisher = StallAfterConfirms {
-            inner: AmqpPublisher::builder(child_env("AMQP_URL"))
-                .build()
-                .unwrap(),
-            batches: AtomicU32::new(0),
-            stall_after: 3,
-        };
         // Batches of at most 100 messages: one transaction each.
-        let relay = LogicalRelay::builder(outbox, PgOutboxStore::new(pool), Arc::new(publisher))
+        LogicalRelay::builder(outbox, PgOutboxStore::new(pool), Arc::new(publisher))
             .batch_changes(100)
             .build()
-            .unwrap();
-        let _handle = relay.spawn();
-        std::future::pending::<()>().await;
+            .unwrap()
+            .spawn()
     });
 }
 
 #[tokio::test]
 async fn wal_relay_killed_between_confirm_and_advance_loses_nothing() {
-    let Some(url) = common::service_url("TEST_AMQP_URL") else {
+    let Some(mut scene) = CrashScene::new().await else {
         return;
     };
-    let Some(db) = common::PgTestDb::new(8).await else {
-        return;
-    };
-    let store = PgOutboxStore::new(db.pool.clone());
-    store.migrate().await.unwrap();
-    sqlx::query(common::EFFECTS_DDL)
-        .execute(&db.pool)
-        .await
-        .unwrap();
     let slot = common::unique("cfo_crash");
-    let _guard = common::SlotGuard {
-        url: db.url().to_owned(),
+    let guard = common::SlotGuard {
+        url: scene.db.url().to_owned(),
         name: slot.clone(),
         schema: None,
     };
-    let outbox = PgLogicalOutbox::new(db.pool.clone()).name(&slot).unwrap();
+    let outbox = PgLogicalOutbox::new(scene.db.pool.clone())
+        .name(&slot)
+        .unwrap();
     outbox.setup().await.unwrap();
-    let exchange = common::unique("ex");
-    let topology = QueueTopology::new(common::unique("q")).bind(&exchange, "#");
-    let (tx_seen, mut rx_seen) = mpsc::unbounded_channel();
-    let consumer = AmqpConsumer::builder(
-        &url,
-        topology,
-        common::pg_inbox_handler(db.pool.clone(), "agent", tx_seen),
-    )
-    .concurrency(8)
-    .build()
-    .unwrap();
-    consumer.declare().await.unwrap();
-
     // Six business transactions of 100 messages each.
     let n = 600;
     for t in 0..6 {
-        let msgs: Vec<_> = (0..100)
-            .map(|i| {
-                OutboxMessage::new(
-                    Destination::new(&exchange, "jobs"),
-                    format!("{}", t * 100 + i).into_bytes(),
-                )
-            })
-            .collect();
-        let tx = outbox.begin(&msgs).await.unwrap();
+        let tx = outbox.begin(&scene.messages(t * 100, 100)).await.unwrap();
         tx.commit().await.unwrap();
     }
 
@@ -289,9 +301,9 @@ async fn wal_relay_killed_between_confirm_and_advance_loses_nothing() {
         "wal_relay_child",
         "wal_relay",
         &[
-            ("PG_URL", db.url()),
-            ("PG_SCHEMA", &db.schema),
-            ("AMQP_URL", &url),
+            ("PG_URL", scene.db.url()),
+            ("PG_SCHEMA", &scene.db.schema),
+            ("AMQP_URL", &scene.url),
             ("SLOT", &slot),
         ],
     );
@@ -302,46 +314,30 @@ async fn wal_relay_killed_between_confirm_and_advance_loses_nothing() {
     assert_eq!(line, "STALLED 100");
 
     // Restart: a new relay takes the slot once the dead one's connection is gone.
-    let cons = consumer.spawn();
+    let cons = scene.consumer.spawn();
     let relay = LogicalRelay::builder(
         outbox.clone(),
-        store.clone(),
-        Arc::new(AmqpPublisher::builder(&url).build().unwrap()),
+        scene.store.clone(),
+        Arc::new(AmqpPublisher::builder(&scene.url).build().unwrap()),
     )
     .standby_interval(Duration::from_millis(100))
     .build()
     .unwrap();
     let relay_handle = relay.spawn();
-    let (mut new, mut dup) = (std::collections::HashSet::new(), 0);
-    while new.len() < n || dup < 100 {
-        let s = tokio::time::timeout(WAIT, rx_seen.recv())
-            .await
-            .expect("deliveries stalled")
-            .unwrap();
-        if s.duplicate {
-            dup += 1;
-        } else {
-            assert!(new.insert(s.id), "a second effect for {}", s.id);
-        }
-    }
+    let dup = scene.effects(n, 100).await;
     relay_handle.shutdown().await;
     cons.shutdown().await;
-    // The stalled round was confirmed by the broker but never to
-    // PostgreSQL, so it is published again; earlier rounds may be too, if
-    // the child was killed before its last status update reached the server.
+    // The stalled batch was confirmed by the broker but never to
+    // PostgreSQL, so it is published again; earlier ones may be too, if the
+    // child was killed before its last status update reached the server.
     assert!(dup >= 100, "{dup}");
-    let effects: i64 = sqlx::query_scalar("SELECT count(*) FROM effects")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
-    assert_eq!(effects, n as i64);
     assert_eq!(
         outbox.lag_bytes().await.unwrap().map(|l| l < 1 << 20),
-        Some(true)
+        Some(true),
+        "the slot confirmed what was published"
     );
-    consumer.delete_topology(true).await.unwrap();
-    drop(_guard);
-    db.cleanup().await;
+    drop(guard);
+    scene.cleanup().await;
 }
 
 #[test]

@@ -413,21 +413,9 @@ async fn spawned_relay_delivers_every_committed_message_once_woken() {
     let Some(f) = Fixture::new().await else {
         return;
     };
-    let bus = InProcessBus::new();
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    bus.subscribe(
-        "c",
-        [Binding::new("payments", "#")],
-        Arc::new(handler_fn(move |m: IncomingMessage| {
-            let tx = tx.clone();
-            async move {
-                let _ = tx.send(String::from_utf8(m.payload).unwrap());
-                Ok(())
-            }
-        })),
-    );
+    let (bus, mut rx) = recording_bus();
     let relay = f
-        .relay(Arc::new(bus))
+        .relay(bus)
         .poll_interval(Duration::from_millis(5), Duration::from_secs(30))
         .build()
         .unwrap();
@@ -474,20 +462,7 @@ async fn a_standby_relay_takes_over_the_stream_when_the_first_stops() {
     let Some(f) = Fixture::new().await else {
         return;
     };
-    let bus = InProcessBus::new();
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    bus.subscribe(
-        "c",
-        [Binding::new("payments", "#")],
-        Arc::new(handler_fn(move |m: IncomingMessage| {
-            let tx = tx.clone();
-            async move {
-                let _ = tx.send(String::from_utf8(m.payload).unwrap());
-                Ok(())
-            }
-        })),
-    );
-    let bus = Arc::new(bus);
+    let (bus, mut rx) = recording_bus();
     let build = || {
         f.relay(bus.clone())
             .standby_interval(Duration::from_millis(50))
@@ -523,4 +498,22 @@ async fn receive(rx: &mut mpsc::UnboundedReceiver<String>, n: usize) -> Vec<Stri
         );
     }
     got
+}
+
+/// An in-process bus whose one subscriber reports each payload.
+fn recording_bus() -> (Arc<InProcessBus>, mpsc::UnboundedReceiver<String>) {
+    let bus = InProcessBus::new();
+    let (tx, rx) = mpsc::unbounded_channel();
+    bus.subscribe(
+        "c",
+        [Binding::new("payments", "#")],
+        Arc::new(handler_fn(move |m: IncomingMessage| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(String::from_utf8(m.payload).unwrap());
+                Ok(())
+            }
+        })),
+    );
+    (Arc::new(bus), rx)
 }
