@@ -287,7 +287,12 @@ impl Relay {
             return Ok(report);
         }
         AtomicStats::add(&inner.stats.claimed, report.claimed as u64);
-        let msgs: Vec<OutboxMessage> = batch.messages.iter().map(|m| m.message.clone()).collect();
+        let lease = batch.lease;
+        let (claimed, msgs): (Vec<_>, Vec<OutboxMessage>) = batch
+            .messages
+            .into_iter()
+            .map(|m| ((m.seq, m.attempts, m.created_at), m.message))
+            .unzip();
         let started = Instant::now();
         let results = inner.publisher.publish(&msgs).await;
         metrics::histogram!(stats::PUBLISH_SECONDS).record(started.elapsed().as_secs_f64());
@@ -295,7 +300,7 @@ impl Relay {
 
         let mut acked = Vec::with_capacity(msgs.len());
         let mut failures = Vec::new();
-        for (i, claimed) in batch.messages.iter().enumerate() {
+        for (i, &(seq, attempts, created_at)) in claimed.iter().enumerate() {
             let result = results.get(i).cloned().unwrap_or_else(|| {
                 Err(crate::PublishError::Unavailable(
                     "publisher returned too few results".into(),
@@ -303,10 +308,10 @@ impl Relay {
             });
             match result {
                 Ok(()) => {
-                    acked.push(claimed.seq);
+                    acked.push(seq);
                     metrics::histogram!(stats::DELIVERY_LAG_SECONDS)
-                        .record((now - claimed.created_at).max(0) as f64 / 1000.0);
-                    metrics::histogram!(stats::ATTEMPTS).record(f64::from(claimed.attempts + 1));
+                        .record((now - created_at).max(0) as f64 / 1000.0);
+                    metrics::histogram!(stats::ATTEMPTS).record(f64::from(attempts + 1));
                 }
                 Err(e) => {
                     let reason = if e.is_outage() { "outage" } else { "message" };
@@ -317,21 +322,20 @@ impl Relay {
                             at: now + duration_ms(c.outage_backoff.delay(1)),
                             count_attempt: false,
                         }
-                    } else if e.is_permanent() || claimed.attempts + 1 >= c.max_attempts {
+                    } else if e.is_permanent() || attempts + 1 >= c.max_attempts {
                         report.dead_lettered += 1;
-                        metrics::histogram!(stats::ATTEMPTS)
-                            .record(f64::from(claimed.attempts + 1));
+                        metrics::histogram!(stats::ATTEMPTS).record(f64::from(attempts + 1));
                         Disposition::Dead
                     } else {
                         report.retried += 1;
                         Disposition::RetryAt {
-                            at: now + duration_ms(c.backoff.delay(claimed.attempts + 1)),
+                            at: now + duration_ms(c.backoff.delay(attempts + 1)),
                             count_attempt: true,
                         }
                     };
-                    debug!(id = %claimed.message.id, error = %e, ?disposition, "publish failed");
+                    debug!(id = %msgs[i].id, error = %e, ?disposition, "publish failed");
                     failures.push(Failure {
-                        seq: claimed.seq,
+                        seq,
                         error: e.to_string(),
                         disposition,
                     });
@@ -344,14 +348,14 @@ impl Relay {
                 if acked.is_empty() {
                     Ok(0)
                 } else {
-                    inner.store.ack(batch.lease, &acked, now, retain).await
+                    inner.store.ack(lease, &acked, now, retain).await
                 }
             },
             async {
                 if failures.is_empty() {
                     Ok(0)
                 } else {
-                    inner.store.fail(batch.lease, &failures, now).await
+                    inner.store.fail(lease, &failures, now).await
                 }
             }
         );

@@ -440,6 +440,55 @@ async fn spawned_relay_delivers_every_committed_message_once_woken() {
 }
 
 #[tokio::test]
+async fn a_large_transaction_goes_out_in_overlapping_batches_and_is_confirmed_once_whole() {
+    let Some(f) = Fixture::new().await else {
+        return;
+    };
+    let (bus, mut rx) = recording_bus();
+    let relay = f.relay(bus.clone()).batch_changes(10).build().unwrap();
+    let handle = relay.spawn();
+    let bodies: Vec<String> = (0..95).map(|i| format!("big-{i}")).collect();
+    let msgs: Vec<_> = bodies.iter().map(|b| msg(b)).collect();
+    f.commit(&msgs).await;
+    let commit_lsn: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
+        .fetch_one(f.pool())
+        .await
+        .unwrap();
+    relay.notifier().notify();
+    let got = receive(&mut rx, bodies.len()).await;
+    let unique: HashSet<&String> = got.iter().collect();
+    assert_eq!(unique.len(), bodies.len(), "delivered twice: {got:?}");
+    assert_eq!(unique, bodies.iter().collect());
+
+    // The commit is confirmed once every batch of it is delivered.
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let confirmed: bool = sqlx::query_scalar(
+                "SELECT confirmed_flush_lsn >= $1::pg_lsn FROM pg_replication_slots WHERE slot_name = $2",
+            )
+            .bind(&commit_lsn)
+            .bind(f.outbox.slot_name())
+            .fetch_one(f.pool())
+            .await
+            .unwrap();
+            if confirmed {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the transaction's commit is confirmed");
+    handle.shutdown().await;
+
+    // So a relay started after publishes only what came since.
+    let handle = f.relay(bus).build().unwrap().spawn();
+    f.commit(&[msg("after")]).await;
+    assert_eq!(receive(&mut rx, 1).await, ["after"]);
+    handle.shutdown().await;
+}
+
+#[tokio::test]
 async fn setup_is_idempotent_and_bad_names_are_refused() {
     let Some(f) = Fixture::new().await else {
         return;

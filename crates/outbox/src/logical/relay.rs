@@ -679,8 +679,16 @@ impl LogicalRelay {
     }
 
     /// Streams from the slot until cancelled (`None`) or the stream ends
-    /// (the reason). Messages of committed transactions are delivered in
-    /// batches of what has arrived, and confirmed to the server after.
+    /// (the reason). Messages are delivered in batches of what has arrived,
+    /// and each commit is confirmed to the server once every message up to
+    /// it is delivered.
+    ///
+    /// pgoutput (protocol 1, no `streaming`) sends a transaction only once it
+    /// has committed, so its first messages can be published while the rest
+    /// still arrive: a large transaction is delivered in several batches,
+    /// overlapping, and only its commit is confirmed. A relay that stops
+    /// between the two publishes the whole transaction again (duplicates,
+    /// never loss).
     async fn stream(
         &self,
         client: &mut ReplicationClient,
@@ -696,25 +704,21 @@ impl LogicalRelay {
         let max_inflight = if c.mode == ClaimMode::Ordered { 1 } else { 4 };
         let prefix = &*self.inner.outbox.prefix;
         let mut in_txn = false;
-        let mut txn: Vec<bytes::Bytes> = Vec::new();
         let mut batch: Vec<bytes::Bytes> = Vec::new();
+        // The last commit read into `batch`, to confirm once it is delivered.
         let mut batch_end: Option<Lsn> = None;
         let mut inflight = FuturesOrdered::new();
         loop {
             // Hand a batch over once it is full, or when nothing more is ready.
-            if batch_end.is_some() && inflight.len() < max_inflight {
+            let pending = |batch: &Vec<_>, end: &Option<Lsn>| !batch.is_empty() || end.is_some();
+            if pending(&batch, &batch_end) && inflight.len() < max_inflight {
                 let mut ready = batch.len() >= max;
                 while !ready {
                     match client.recv().now_or_never() {
                         Some(event) => {
-                            if let Err(e) = self.on_event(
-                                event,
-                                prefix,
-                                &mut in_txn,
-                                &mut txn,
-                                &mut batch,
-                                &mut batch_end,
-                            ) {
+                            if let Err(e) =
+                                on_event(event, prefix, &mut in_txn, &mut batch, &mut batch_end)
+                            {
                                 return Some(e);
                             }
                             ready = batch.len() >= max;
@@ -722,27 +726,28 @@ impl LogicalRelay {
                         None => ready = true,
                     }
                 }
-                if let Some(end) = batch_end.take() {
-                    let messages = std::mem::take(&mut batch);
-                    inflight.push_back(self.deliver_until_done(messages, end, cancel));
-                }
+                let messages = std::mem::take(&mut batch);
+                let end = batch_end.take();
+                inflight.push_back(self.deliver_until_done(messages, end, cancel));
             }
+            let room = inflight.len() < max_inflight || batch.len() < max;
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => return None,
                 Some(done) = inflight.next(), if !inflight.is_empty() => {
-                    let end = done?;
-                    client.update_applied_lsn(end);
-                    *applied = Some(end);
+                    if let Some(end) = done? {
+                        client.update_applied_lsn(end);
+                        *applied = Some(end);
+                    }
                     *failures = 0;
                 }
-                event = client.recv(), if inflight.len() < max_inflight || batch_end.is_none() => {
+                event = client.recv(), if room => {
                     if let Ok(Some(ReplicationEvent::KeepAlive { wal_end, .. })) = &event {
                         // Everything sent before this point has been
                         // delivered: let the slot release the WAL of other
                         // transactions.
                         if !in_txn
-                            && batch_end.is_none()
+                            && !pending(&batch, &batch_end)
                             && inflight.is_empty()
                             && applied.is_none_or(|a| a < *wal_end)
                         {
@@ -750,11 +755,10 @@ impl LogicalRelay {
                             *applied = Some(*wal_end);
                         }
                     }
-                    if let Err(e) = self.on_event(
+                    if let Err(e) = on_event(
                         event,
                         prefix,
                         &mut in_txn,
-                        &mut txn,
                         &mut batch,
                         &mut batch_end,
                     ) {
@@ -765,42 +769,18 @@ impl LogicalRelay {
         }
     }
 
-    /// Folds one stream event into the transaction being read and the batch
-    /// of committed messages. `Err` when the stream ended.
-    fn on_event(
-        &self,
-        event: Result<Option<ReplicationEvent>, pgwire_replication::PgWireError>,
-        prefix: &str,
-        in_txn: &mut bool,
-        txn: &mut Vec<bytes::Bytes>,
-        batch: &mut Vec<bytes::Bytes>,
-        batch_end: &mut Option<Lsn>,
-    ) -> Result<(), String> {
-        match event {
-            Ok(Some(ReplicationEvent::Begin { .. })) => *in_txn = true,
-            Ok(Some(ReplicationEvent::Message {
-                prefix: p, content, ..
-            })) if p == prefix => txn.push(content),
-            Ok(Some(ReplicationEvent::Commit { end_lsn, .. })) => {
-                *in_txn = false;
-                batch.append(txn);
-                *batch_end = Some(end_lsn);
-            }
-            Ok(Some(_)) => {}
-            Ok(None) => return Err("the replication stream ended".into()),
-            Err(e) => return Err(e.to_string()),
-        }
-        Ok(())
-    }
-
-    /// Delivers `messages`, trying again after outages, until done; `Some(end)`
-    /// then, `None` when cancelled.
+    /// Delivers `messages`, trying again after outages, until done; then
+    /// `Some(end)`, the commit to confirm if the batch ends one. `None` when
+    /// cancelled.
     async fn deliver_until_done(
         &self,
         messages: Vec<bytes::Bytes>,
-        end: Lsn,
+        end: Option<Lsn>,
         cancel: &CancellationToken,
-    ) -> Option<Lsn> {
+    ) -> Option<Option<Lsn>> {
+        if messages.is_empty() {
+            return Some(end);
+        }
         let c = &self.inner.config;
         let views: Vec<&[u8]> = messages.iter().map(|b| &b[..]).collect();
         let mut outages = 0u32;
@@ -823,4 +803,29 @@ impl LogicalRelay {
             }
         }
     }
+}
+
+/// Folds one stream event into the batch of committed messages. `Err` when
+/// the stream ended.
+fn on_event(
+    event: Result<Option<ReplicationEvent>, pgwire_replication::PgWireError>,
+    prefix: &str,
+    in_txn: &mut bool,
+    batch: &mut Vec<bytes::Bytes>,
+    batch_end: &mut Option<Lsn>,
+) -> Result<(), String> {
+    match event {
+        Ok(Some(ReplicationEvent::Begin { .. })) => *in_txn = true,
+        Ok(Some(ReplicationEvent::Message {
+            prefix: p, content, ..
+        })) if p == prefix => batch.push(content),
+        Ok(Some(ReplicationEvent::Commit { end_lsn, .. })) => {
+            *in_txn = false;
+            *batch_end = Some(end_lsn);
+        }
+        Ok(Some(_)) => {}
+        Ok(None) => return Err("the replication stream ended".into()),
+        Err(e) => return Err(e.to_string()),
+    }
+    Ok(())
 }
