@@ -52,15 +52,9 @@ async fn two_relays_keep_per_key_order_through_rabbitmq() {
     let Some(url) = common::service_url("TEST_AMQP_URL") else {
         return;
     };
-    let Some(db) = common::PgTestDb::new(12).await else {
+    let Some((db, store)) = common::outbox_db(12).await else {
         return;
     };
-    let store = PgOutboxStore::new(db.pool.clone());
-    store.migrate().await.unwrap();
-    sqlx::query(common::EFFECTS_DDL)
-        .execute(&db.pool)
-        .await
-        .unwrap();
     let exchange = common::unique("ex");
     let topology = QueueTopology::new(common::unique("q")).bind(&exchange, "jobs.#");
     let (tx_seen, mut rx_seen) = mpsc::unbounded_channel();

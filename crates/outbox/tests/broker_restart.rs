@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use counterfoil_outbox::{
-    AmqpConsumer, AmqpPublisher, Backoff, Destination, OutboxMessage, OutboxStore, PgOutboxStore,
-    QueueTopology, Relay,
+    AmqpConsumer, AmqpPublisher, Backoff, Destination, OutboxMessage, OutboxStore, QueueTopology,
+    Relay,
 };
 use tokio::sync::mpsc;
 
@@ -47,15 +47,9 @@ async fn broker_restart_during_publishing_loses_nothing() {
     let Some(url) = common::service_url("TEST_AMQP_URL") else {
         return;
     };
-    let Some(db) = common::PgTestDb::new(12).await else {
+    let Some((db, store)) = common::outbox_db(12).await else {
         return;
     };
-    let store = PgOutboxStore::new(db.pool.clone());
-    store.migrate().await.unwrap();
-    sqlx::query(common::EFFECTS_DDL)
-        .execute(&db.pool)
-        .await
-        .unwrap();
     let exchange = common::unique("ex");
     let topology = QueueTopology::new(common::unique("q")).bind(&exchange, "#");
     let (tx_seen, mut rx_seen) = mpsc::unbounded_channel();

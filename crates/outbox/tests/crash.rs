@@ -120,13 +120,7 @@ struct CrashScene {
 impl CrashScene {
     async fn new() -> Option<Self> {
         let url = common::service_url("TEST_AMQP_URL")?;
-        let db = common::PgTestDb::new(8).await?;
-        let store = PgOutboxStore::new(db.pool.clone());
-        store.migrate().await.unwrap();
-        sqlx::query(common::EFFECTS_DDL)
-            .execute(&db.pool)
-            .await
-            .unwrap();
+        let (db, store) = common::outbox_db(8).await?;
         let exchange = common::unique("ex");
         let topology = QueueTopology::new(common::unique("q")).bind(&exchange, "#");
         let (tx_seen, seen) = mpsc::unbounded_channel();
@@ -395,14 +389,9 @@ async fn consumer_killed_after_commit_before_ack_applies_the_effect_once() {
     let Some(url) = common::service_url("TEST_AMQP_URL") else {
         return;
     };
-    let Some(db) = common::PgTestDb::new(4).await else {
+    let Some((db, _)) = common::outbox_db(4).await else {
         return;
     };
-    PgOutboxStore::new(db.pool.clone()).migrate().await.unwrap();
-    sqlx::query(common::EFFECTS_DDL)
-        .execute(&db.pool)
-        .await
-        .unwrap();
     let exchange = common::unique("ex");
     let queue = common::unique("q");
     let topology = QueueTopology::new(&queue).bind(&exchange, "#");

@@ -83,8 +83,13 @@ impl LogicalRelayBuilder {
         self
     }
 
-    /// Most decoded records read per round; whole transactions are always
-    /// read, so a round may read more. Default: 1000.
+    /// Most messages handed to the publisher at once. Streaming, a large
+    /// transaction goes out in batches of this size, up to four in flight,
+    /// and its commit is confirmed once all are delivered; [`run_once`]
+    /// reads whole transactions, so one of its rounds may read more.
+    /// Default: 1000.
+    ///
+    /// [`run_once`]: LogicalRelay::run_once
     pub fn batch_changes(mut self, n: u32) -> Self {
         self.config.batch_changes = n;
         self

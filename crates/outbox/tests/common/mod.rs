@@ -127,6 +127,18 @@ pub struct Seen {
 pub const EFFECTS_DDL: &str =
     "CREATE TABLE effects (message_id UUID PRIMARY KEY, payload BYTEA NOT NULL)";
 
+/// A fresh schema with the outbox tables and the `effects` table, and its
+/// outbox store.
+pub async fn outbox_db(
+    max_connections: u32,
+) -> Option<(PgTestDb, counterfoil_outbox::PgOutboxStore)> {
+    let db = PgTestDb::new(max_connections).await?;
+    let store = counterfoil_outbox::PgOutboxStore::new(db.pool.clone());
+    store.migrate().await.unwrap();
+    sqlx::query(EFFECTS_DDL).execute(&db.pool).await.unwrap();
+    Some((db, store))
+}
+
 /// A consumer handler in the recommended shape: inbox row first, then the
 /// business effect, in one PostgreSQL transaction; reports after commit.
 pub fn pg_inbox_handler(
