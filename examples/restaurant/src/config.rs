@@ -174,6 +174,11 @@ pub(crate) struct Config {
     #[arg(long, env = "RESTAURANT_SQLITE_CONNECTIONS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=8))]
     pub(crate) sqlite_connections: u32,
 
+    /// How long a role keeps trying to reach PostgreSQL at start-up (a
+    /// database that is restarting) before it exits with the error.
+    #[arg(long, env = "RESTAURANT_STARTUP_WAIT", default_value = "60s", value_parser = parse_duration)]
+    pub(crate) startup_wait: Duration,
+
     /// Time allowed to finish in-flight work on SIGTERM/Ctrl-C.
     #[arg(long, env = "RESTAURANT_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub(crate) shutdown_grace: Duration,

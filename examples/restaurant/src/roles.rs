@@ -119,21 +119,11 @@ pub(crate) async fn run(config: Config) -> Result<(), BoxError> {
     }
 
     let url = config.database_url();
-    let db = Db::connect(
-        &url,
-        if url.starts_with("sqlite:") {
-            config.sqlite_connections
-        } else {
-            16
-        },
-        config.sqlite_sync,
-    )
-    .await
-    .map_err(|e| format!("cannot open the database {}: {e}", db::redact(&url)))?;
-    db.migrate().await?;
-    seed(&config, &db).await?;
+    let Some((db, outbox)) = open_database(&config, &url).await? else {
+        // Stopped while waiting for the database.
+        return Ok(());
+    };
     let durable = db.durability(config.sqlite_sync);
-    let outbox = Outbox::open(&db).await?;
 
     // The provider, for the roles that run saga steps: over HTTP, behind a
     // circuit breaker and retries.
@@ -271,6 +261,69 @@ async fn db_close(db: &Db) {
         }
     };
     let _ = tokio::time::timeout(Duration::from_secs(2), close).await;
+}
+
+/// Opens the server's database: connects, migrates, seeds and opens the
+/// outbox. A PostgreSQL that cannot be reached yet (restarting, or the
+/// network not up) is tried again with backoff for up to `--startup-wait`,
+/// so a supervisor need not restart the process in a loop; any other error,
+/// and every SQLite error, ends at once. `None` when stopped while waiting.
+async fn open_database(config: &Config, url: &str) -> Result<Option<(Db, Outbox)>, BoxError> {
+    let open = || async {
+        let max = if url.starts_with("sqlite:") {
+            config.sqlite_connections
+        } else {
+            16
+        };
+        let db = Db::connect(url, max, config.sqlite_sync).await?;
+        db.migrate().await?;
+        seed(config, &db).await?;
+        let outbox = Outbox::open(&db).await?;
+        Ok::<_, BoxError>((db, outbox))
+    };
+    let retry = url.starts_with("postgres:") || url.starts_with("postgresql:");
+    let deadline = tokio::time::Instant::now() + config.startup_wait;
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let e = match open().await {
+            Ok(opened) => return Ok(Some(opened)),
+            Err(e) => e,
+        };
+        if !(retry && unreachable(&*e) && tokio::time::Instant::now() + delay < deadline) {
+            return Err(format!("cannot open the database {}: {e}", db::redact(url)).into());
+        }
+        tracing::warn!(error = %e, retry_in = ?delay, "database not reachable yet; trying again");
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shutdown_signal() => return Ok(None),
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Whether `e` says the database could not be reached or is starting or
+/// stopping (SQLSTATE classes 08 and 57P), rather than that something is wrong.
+fn unreachable(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(e) = err.downcast_ref::<sqlx::Error>() {
+            return match e {
+                sqlx::Error::Io(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed => true,
+                sqlx::Error::Database(d) => d
+                    .code()
+                    .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
+                _ => false,
+            };
+        }
+        if err.is::<std::io::Error>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
 
 /// Creates restaurants, printers and keys from the configuration.

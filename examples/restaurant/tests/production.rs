@@ -66,13 +66,28 @@ async fn separate_roles_on_postgres_finish_every_payment_exactly_once() {
     ];
     let mut saga1 = spawn(&dir, &saga_args, &env, false);
     let _saga2 = spawn(&dir, &saga_args, &env, false);
-    let _relay = spawn(&dir, &["--role", "relay"], &env, false);
+    // The relay starts while its database is out of reach: it waits for it
+    // instead of exiting, and works once it is back.
+    let db_line = Line::to(&db);
+    db_line.set_up(false);
+    let relay_env = [
+        ("DATABASE_URL", db_line.url.as_str()),
+        ("AMQP_URL", amqp.as_str()),
+        ("AMQP_PREFIX", prefix.as_str()),
+    ];
+    let mut relay = spawn(&dir, &["--role", "relay"], &relay_env, false);
+    wait_for_log(&dir, "database not reachable yet").await;
+    assert!(
+        relay.child.try_wait().unwrap().is_none(),
+        "the relay exited without its database"
+    );
+    db_line.set_up(true);
     let agent_db = |r: &str| format!("sqlite://{}/agent-{r}.sqlite", dir.display());
     let (a1, a2) = (agent_db("demo-1"), agent_db("demo-2"));
     let (a1, a2) = (a1.as_str(), a2.as_str());
     // demo-1's agent reaches the broker through the shop's line, which the
     // test can cut.
-    let line = Line::to_broker(&amqp);
+    let line = Line::to(&amqp);
     let agent1_env = [
         ("DATABASE_URL", db.as_str()),
         ("AMQP_URL", line.url.as_str()),
@@ -193,22 +208,23 @@ async fn separate_roles_on_postgres_finish_every_payment_exactly_once() {
     delete_topology(&amqp, &prefix).await;
 }
 
-/// A TCP line to the broker that can be cut: while down, connections are
-/// accepted and dropped at once.
+/// A TCP line to a service (the broker, the database) that can be cut:
+/// while down, connections are accepted and dropped at once.
 struct Line {
     url: String,
     up: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Line {
-    fn to_broker(amqp: &str) -> Line {
+    /// A line to the service at `url` (`scheme://user:pass@host:port/…`);
+    /// its own `url` goes through the line.
+    fn to(service: &str) -> Line {
         use std::sync::atomic::Ordering;
-        // amqp://user:pass@host:port/vhost
-        let after_at = amqp.rsplit_once('@').map_or(amqp, |(_, h)| h);
+        let after_at = service.rsplit_once('@').map_or(service, |(_, h)| h);
         let target = after_at.split('/').next().unwrap().to_owned();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
-        let url = amqp.replacen(&target, &addr.to_string(), 1);
+        let url = service.replacen(&target, &addr.to_string(), 1);
         let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
         let flag = up.clone();
         std::thread::spawn(move || {

@@ -41,6 +41,13 @@ impl Db {
     ) -> Result<Db, sqlx::Error> {
         if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let options = PgConnectOptions::from_str(url)?;
+            // One connection first: its error says why (refused, unknown
+            // host, bad password), where the pool's would only say that it
+            // timed out.
+            sqlx::Connection::close(
+                <sqlx::PgConnection as sqlx::Connection>::connect_with(&options).await?,
+            )
+            .await?;
             let pool = PgPoolOptions::new()
                 .max_connections(max_connections)
                 .acquire_timeout(Duration::from_secs(10))
