@@ -147,7 +147,8 @@ pub(crate) struct ChaosArgs {
     /// Seconds of the raw database commit-rate baseline (0: skip).
     #[arg(long, default_value_t = 3)]
     pub(crate) baseline_secs: u64,
-    /// Keep the run's PostgreSQL database.
+    /// Keep the run's PostgreSQL database, and its queues and exchanges on
+    /// RabbitMQ.
     #[arg(long)]
     pub(crate) keep: bool,
     /// Extra `restaurant` arguments for every process (e.g.
@@ -395,8 +396,40 @@ pub(crate) async fn command(args: &ChaosArgs) -> Result<bool, String> {
         && !args.keep
     {
         drop_database(admin, &name).await;
+        if let Some(amqp) = &args.amqp_url {
+            delete_topology(amqp, &name, args.restaurants.max(1)).await;
+        }
     }
     result
+}
+
+/// Deletes the run's queues and exchanges (named after its database), so
+/// runs do not pile up quorum queues on the broker.
+async fn delete_topology(amqp: &str, prefix: &str, restaurants: usize) {
+    use counterfoil_outbox::{AmqpConsumer, HandlerError, IncomingMessage, QueueTopology};
+    let noop = std::sync::Arc::new(counterfoil_outbox::handler_fn(
+        |_m: IncomingMessage| async { Ok::<(), HandlerError>(()) },
+    ));
+    let print = format!("{prefix}.print");
+    let results = format!("{prefix}.results");
+    let mut topologies: Vec<QueueTopology> = (1..=restaurants)
+        .map(|i| {
+            let r = format!("r{i:02}");
+            QueueTopology::new(format!("{print}.{r}")).bind(&print, format!("{r}.*"))
+        })
+        .collect();
+    topologies.push(QueueTopology::new(&results).bind(&results, "#"));
+    // Deleting an exchange (or queue) that is gone already is not an error.
+    for t in topologies {
+        let deleted = match AmqpConsumer::builder(amqp, t, noop.clone()).build() {
+            Ok(c) => c.delete_topology(true).await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = deleted {
+            eprintln!("chaos: could not delete the run's queues and exchanges: {e}");
+            return;
+        }
+    }
 }
 
 async fn chaos(
