@@ -284,10 +284,12 @@ async fn wal_relay_killed_between_confirm_and_advance_loses_nothing() {
         .name(&slot)
         .unwrap();
     outbox.setup().await.unwrap();
-    // Six business transactions of 100 messages each.
+    // Three business transactions of 200 messages each: larger than the
+    // child's batches, so it publishes parts of transactions, whose commits
+    // it must not confirm before the rest is out.
     let n = 600;
-    for t in 0..6 {
-        let tx = outbox.begin(&scene.messages(t * 100, 100)).await.unwrap();
+    for t in 0..3 {
+        let tx = outbox.begin(&scene.messages(t * 200, 200)).await.unwrap();
         tx.commit().await.unwrap();
     }
 

@@ -390,3 +390,39 @@ async fn shutdown_signal() {
         () = term => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr;
+
+    use sqlx::Connection;
+    use sqlx::postgres::{PgConnectOptions, PgConnection};
+
+    use super::{BoxError, unreachable};
+
+    #[tokio::test]
+    async fn only_an_unreachable_database_is_waited_for() {
+        // Nothing listens on port 1: refused, worth waiting for.
+        let refused = PgConnection::connect("postgres://postgres@127.0.0.1:1/x")
+            .await
+            .unwrap_err();
+        assert!(unreachable(&refused), "{refused}");
+        // Found through the source chain, as the outbox wraps it.
+        let wrapped: BoxError = Box::new(counterfoil_outbox::Error::Backend(Box::new(
+            sqlx::Error::PoolTimedOut,
+        )));
+        assert!(unreachable(&*wrapped));
+        // What waiting cannot fix.
+        assert!(!unreachable(&sqlx::Error::Configuration("bad".into())));
+        let plain: BoxError = "a migration failed".into();
+        assert!(!unreachable(&*plain));
+        // A login that a running server refuses.
+        if let Ok(url) = std::env::var("TEST_POSTGRES_URL") {
+            let options = PgConnectOptions::from_str(&url)
+                .unwrap()
+                .username("no_such_role");
+            let refused = PgConnection::connect_with(&options).await.unwrap_err();
+            assert!(!unreachable(&refused), "{refused}");
+        }
+    }
+}

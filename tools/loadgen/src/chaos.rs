@@ -178,6 +178,9 @@ struct ChaosSummary {
     /// Processes that exited on their own during the run (each restarted,
     /// as a service manager would).
     exits: BTreeMap<String, u32>,
+    /// The production run's database, whose name also prefixes its queues
+    /// and exchanges; all are gone after the run unless `--keep`.
+    database: Option<String>,
 }
 
 struct World {
@@ -397,7 +400,7 @@ pub(crate) async fn command(args: &ChaosArgs) -> Result<bool, String> {
     {
         drop_database(admin, &name).await;
         if let Some(amqp) = &args.amqp_url {
-            delete_topology(amqp, &name, args.restaurants.max(1)).await;
+            delete_topology(amqp, &name, &restaurant_names(args.restaurants)).await;
         }
     }
     result
@@ -405,18 +408,16 @@ pub(crate) async fn command(args: &ChaosArgs) -> Result<bool, String> {
 
 /// Deletes the run's queues and exchanges (named after its database), so
 /// runs do not pile up quorum queues on the broker.
-async fn delete_topology(amqp: &str, prefix: &str, restaurants: usize) {
+async fn delete_topology(amqp: &str, prefix: &str, restaurants: &[String]) {
     use counterfoil_outbox::{AmqpConsumer, HandlerError, IncomingMessage, QueueTopology};
     let noop = std::sync::Arc::new(counterfoil_outbox::handler_fn(
         |_m: IncomingMessage| async { Ok::<(), HandlerError>(()) },
     ));
     let print = format!("{prefix}.print");
     let results = format!("{prefix}.results");
-    let mut topologies: Vec<QueueTopology> = (1..=restaurants)
-        .map(|i| {
-            let r = format!("r{i:02}");
-            QueueTopology::new(format!("{print}.{r}")).bind(&print, format!("{r}.*"))
-        })
+    let mut topologies: Vec<QueueTopology> = restaurants
+        .iter()
+        .map(|r| QueueTopology::new(format!("{print}.{r}")).bind(&print, format!("{r}.*")))
         .collect();
     topologies.push(QueueTopology::new(&results).bind(&results, "#"));
     // Deleting an exchange (or queue) that is gone already is not an error.
@@ -430,6 +431,11 @@ async fn delete_topology(amqp: &str, prefix: &str, restaurants: usize) {
             return;
         }
     }
+}
+
+/// The run's restaurants: `r01`, `r02`, … (at least one).
+fn restaurant_names(n: usize) -> Vec<String> {
+    (1..=n.max(1)).map(|i| format!("r{i:02}")).collect()
 }
 
 async fn chaos(
@@ -449,9 +455,7 @@ async fn chaos(
                 .url
         }
     };
-    let restaurants: Vec<String> = (1..=args.restaurants.max(1))
-        .map(|i| format!("r{i:02}"))
-        .collect();
+    let restaurants = restaurant_names(args.restaurants);
     let printers: Vec<String> = restaurants
         .iter()
         .flat_map(|r| (1..=args.printers.max(1)).map(move |p| format!("{r}/{r}-p{p}=sim")))
@@ -748,6 +752,7 @@ async fn chaos(
             .collect(),
         restarts,
         exits: world.exits.lock().clone(),
+        database: db_name.clone(),
     };
     let text = serde_json::to_string_pretty(&chaos).unwrap_or_default();
     std::fs::write(out.join("chaos.json"), &text).map_err(io(&out))?;

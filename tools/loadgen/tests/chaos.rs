@@ -116,6 +116,47 @@ fn production_shape_survives_kills_of_every_role() {
             v["faults"]
         );
     }
+    // The run's database is dropped and its queues deleted.
+    let name = v["database"].as_str().expect("the run's database");
+    assert_cleaned_up(&pg, name, &["print.r01", "print.r02", "results"]);
+}
+
+/// Fails unless the database `name` and the queues `name.<suffix>` are gone.
+fn assert_cleaned_up(pg: &str, name: &str, queue_suffixes: &[&str]) {
+    use lapin::options::QueueDeclareOptions;
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let pool = sqlx::PgPool::connect(pg).await.unwrap();
+        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_database WHERE datname = $1")
+            .bind(name)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(left, 0, "database {name} left behind");
+        pool.close().await;
+
+        let amqp = std::env::var("TEST_AMQP_URL").expect("TEST_AMQP_URL");
+        let conn = lapin::Connection::connect(&amqp, lapin::ConnectionProperties::default())
+            .await
+            .unwrap();
+        for suffix in queue_suffixes {
+            for queue in [format!("{name}.{suffix}"), format!("{name}.{suffix}.dlq")] {
+                // A passive declare of a missing queue closes its channel with 404.
+                let ch = conn.create_channel().await.unwrap();
+                let found = ch
+                    .queue_declare(
+                        queue.as_str().into(),
+                        QueueDeclareOptions {
+                            passive: true,
+                            ..QueueDeclareOptions::default()
+                        },
+                        lapin::types::FieldTable::default(),
+                    )
+                    .await;
+                assert!(found.is_err(), "queue {queue} left behind");
+            }
+        }
+        let _ = conn.close(200, "ok".into()).await;
+    });
 }
 
 #[test]

@@ -713,9 +713,9 @@ impl LogicalRelay {
         // The last commit read into `batch`, to confirm once it is delivered.
         let mut batch_end: Option<Lsn> = None;
         let mut inflight = FuturesOrdered::new();
+        let pending = |batch: &Vec<_>, end: &Option<Lsn>| !batch.is_empty() || end.is_some();
         loop {
             // Hand a batch over once it is full, or when nothing more is ready.
-            let pending = |batch: &Vec<_>, end: &Option<Lsn>| !batch.is_empty() || end.is_some();
             if pending(&batch, &batch_end) && inflight.len() < max_inflight {
                 let mut ready = batch.len() >= max;
                 while !ready {
