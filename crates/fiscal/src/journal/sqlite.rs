@@ -43,8 +43,12 @@ impl SqliteJournal {
         // can get SQLITE_BUSY here. Try again a few times.
         let mut attempt = 0u32;
         let pool = loop {
+            // A local file needs no liveness ping before each acquire;
+            // on SQLite that ping is a round trip to the connection's
+            // thread on every transaction.
             match SqlitePoolOptions::new()
                 .max_connections(max)
+                .test_before_acquire(false)
                 .connect_with(opts.clone())
                 .await
             {

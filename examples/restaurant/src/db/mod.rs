@@ -72,8 +72,13 @@ impl Db {
             {
                 std::fs::create_dir_all(dir).map_err(sqlx::Error::Io)?;
             }
+            // No ping before each acquire: a connection to a local file is
+            // not lost the way a socket is, and on SQLite each ping is a
+            // round trip to the connection's thread, on the path of every
+            // transaction (sqlx still pings once on release).
             let pool = SqlitePoolOptions::new()
                 .max_connections(max_connections.min(8))
+                .test_before_acquire(false)
                 .acquire_timeout(Duration::from_secs(10))
                 .connect_with(options)
                 .await?;
@@ -261,6 +266,8 @@ mod tests {
                 .unwrap();
             assert_eq!(journal, "wal");
             assert_eq!(pool.options().get_max_connections(), want_pool);
+            // No ping round trip to the connection's thread per acquire.
+            assert!(!pool.options().get_test_before_acquire());
             pool.close().await;
         }
         let _ = std::fs::remove_dir_all(dir);
