@@ -27,7 +27,11 @@ pub(crate) struct DefinitionInner<S> {
     pub(crate) version: u32,
     pub(crate) steps: Vec<Box<dyn Step<S>>>,
     pub(crate) pivot: Option<usize>,
+    pub(crate) on_span: Option<SpanHook<S>>,
 }
+
+/// See [`DefinitionBuilder::on_span`].
+pub(crate) type SpanHook<S> = Box<dyn Fn(&tracing::Span, &S) + Send + Sync>;
 
 impl<S> Clone for Definition<S> {
     fn clone(&self) -> Self {
@@ -62,6 +66,7 @@ impl<S: SagaState> Definition<S> {
             name: name.into(),
             version,
             steps: Vec::new(),
+            on_span: None,
         }
     }
 
@@ -103,6 +108,7 @@ pub struct DefinitionBuilder<S> {
     name: String,
     version: u32,
     steps: Vec<Box<dyn Step<S>>>,
+    on_span: Option<SpanHook<S>>,
 }
 
 impl<S> fmt::Debug for DefinitionBuilder<S> {
@@ -111,6 +117,7 @@ impl<S> fmt::Debug for DefinitionBuilder<S> {
             .field("name", &self.name)
             .field("version", &self.version)
             .field("steps", &self.steps.len())
+            .field("on_span", &self.on_span.is_some())
             .finish()
     }
 }
@@ -123,6 +130,54 @@ impl<S: SagaState> DefinitionBuilder<S> {
     /// Appends a step.
     pub fn step(mut self, step: impl Step<S>) -> Self {
         self.steps.push(Box::new(step));
+        self
+    }
+
+    /// Calls `hook` with the `saga` span of every run of a saga (each time
+    /// an engine claims it, before the span is entered) and the saga's state
+    /// as stored. The `saga_step` spans are children of that span.
+    ///
+    /// This is where a saga joins the trace of the request that started it,
+    /// kept in its state: with `tracing-opentelemetry`, the hook sets the
+    /// span's parent from a stored W3C `traceparent`, so every step (and
+    /// whatever the steps call) appears in the caller's trace however many
+    /// processes and restarts the saga goes through. It may also record
+    /// fields declared on the span. The crate itself depends on `tracing`
+    /// only.
+    ///
+    /// ```
+    /// use counterfoil_saga::Definition;
+    /// # use counterfoil_saga::{Kind, Step, StepCx, StepError, StepOutcome};
+    /// # struct Charge;
+    /// # #[async_trait::async_trait]
+    /// # impl Step<Order> for Charge {
+    /// #     fn name(&self) -> &str { "charge" }
+    /// #     fn kind(&self) -> Kind { Kind::Retriable }
+    /// #     async fn run(&self, _: &mut StepCx<'_, Order>) -> Result<StepOutcome, StepError> {
+    /// #         Ok(StepOutcome::Done)
+    /// #     }
+    /// # }
+    /// #[derive(serde::Serialize, serde::Deserialize)]
+    /// struct Order {
+    ///     traceparent: Option<String>,
+    /// }
+    ///
+    /// let def = Definition::<Order>::builder("order", 1)
+    ///     .step(Charge)
+    ///     .on_span(|span, order| {
+    ///         // e.g. `span.set_parent(extract(order.traceparent))` with
+    ///         // tracing-opentelemetry's `OpenTelemetrySpanExt`.
+    ///         let _ = (span, &order.traceparent);
+    ///     })
+    ///     .build()
+    ///     .unwrap();
+    /// # let _ = def;
+    /// ```
+    ///
+    /// The state is decoded once more per run for the hook; a state that
+    /// does not decode skips the hook (the run itself then reports it).
+    pub fn on_span(mut self, hook: impl Fn(&tracing::Span, &S) + Send + Sync + 'static) -> Self {
+        self.on_span = Some(Box::new(hook));
         self
     }
 
@@ -171,6 +226,7 @@ impl<S: SagaState> DefinitionBuilder<S> {
                 version: self.version,
                 steps: self.steps,
                 pivot,
+                on_span: self.on_span,
             }),
         })
     }

@@ -724,6 +724,11 @@ impl<S: SagaState> ErasedSaga for Definition<S> {
             version = claimed.record.version,
             epoch = claimed.record.epoch
         );
+        if let Some(hook) = &self.inner.on_span
+            && let Ok(state) = serde_json::from_str::<S>(&claimed.record.state)
+        {
+            hook(&span, &state);
+        }
         let mut run = Run {
             def: self,
             rt,

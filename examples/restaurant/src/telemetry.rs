@@ -339,14 +339,62 @@ fn exported_span(
     if !ids.is_valid() {
         return None;
     }
-    let trace_id = ids.trace_id().to_string();
-    span.record("trace_id", trace_id.as_str());
-    let traceparent = format!(
-        "00-{trace_id}-{}-{:02x}",
+    span.record("trace_id", ids.trace_id().to_string().as_str());
+    Some((span, format_traceparent(&ids)))
+}
+
+/// A W3C `traceparent` naming the span `ids`.
+fn format_traceparent(ids: &opentelemetry::trace::SpanContext) -> String {
+    format!(
+        "00-{}-{}-{:02x}",
+        ids.trace_id(),
         ids.span_id(),
         ids.trace_flags().to_u8()
-    );
-    Some((span, traceparent))
+    )
+}
+
+/// One stored `traceparent` as a carrier for the propagator.
+struct StoredTraceparent<'a>(&'a str);
+
+impl opentelemetry::propagation::Extractor for StoredTraceparent<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        (key == "traceparent").then_some(self.0)
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        vec!["traceparent"]
+    }
+}
+
+/// When spans are exported, makes `span` (not yet entered) a child of the
+/// span a stored `traceparent` names: how a saga run in any process, or a
+/// print job on an agent, joins the trace of the request that started it.
+/// A missing or malformed value leaves the span where it is.
+pub(crate) fn join_trace(span: &tracing::Span, traceparent: Option<&str>) {
+    use opentelemetry::propagation::TextMapPropagator;
+
+    let Some(tp) = traceparent.filter(|_| EXPORTING.load(Ordering::Relaxed)) else {
+        return;
+    };
+    let parent = opentelemetry_sdk::propagation::TraceContextPropagator::new()
+        .extract(&StoredTraceparent(tp));
+    if parent.span().span_context().is_valid() {
+        let _ = span.set_parent(parent);
+    }
+}
+
+/// The `traceparent` to send on from where the code runs now: the current
+/// exported span's, so the callee's spans hang under it, or `stored` when
+/// spans are not exported.
+pub(crate) fn traceparent_here(stored: Option<&str>) -> Option<String> {
+    if EXPORTING.load(Ordering::Relaxed) {
+        let cx = tracing::Span::current().context();
+        let ids = cx.span().span_context().clone();
+        if ids.is_valid() {
+            return Some(format_traceparent(&ids));
+        }
+    }
+    stored.map(str::to_owned)
 }
 
 /// Middleware: trace context, a span with the correlation id, request

@@ -213,3 +213,98 @@ async fn nothing_is_sent_without_the_flag() {
     assert_eq!(s.terminate(Duration::from_secs(30)), Some(0), "clean exit");
     assert!(bodies.lock().is_empty(), "nothing was exported");
 }
+
+/// The value of string attribute `key` of `span`.
+fn attr(span: &Span, key: &str) -> Option<String> {
+    span.attributes.iter().find(|a| a.key == key).and_then(|a| {
+        match a.value.as_ref()?.value.as_ref()? {
+            Value::StringValue(s) => Some(s.clone()),
+            _ => None,
+        }
+    })
+}
+
+#[tokio::test]
+async fn a_payment_is_one_trace_from_the_request_through_its_saga_to_the_printed_receipt() {
+    let (url, bodies) = receiver().await;
+    let dir = temp_dir("otlp-saga");
+    let s = spawn(
+        &dir,
+        &["--otlp-endpoint", &url],
+        &[("OTEL_BSP_SCHEDULE_DELAY", "200")],
+        true,
+    );
+    let (traceparent, trace_id, parent_id) = caller_trace();
+    let (status, p) = s
+        .post(
+            KEY1,
+            "/v1/payments",
+            &order("demo-1", "demo-1-p1", 2500),
+            &[
+                ("idempotency-key", "traced-1"),
+                ("prefer", "wait=20"),
+                ("traceparent", &traceparent),
+            ],
+        )
+        .await;
+    assert!(status == 200 || status == 202, "{status}: {p}");
+    let id = p["id"].as_str().unwrap().to_owned();
+    s.wait_payment(KEY1, &id, 30, |p| p["status"] == "fiscalized")
+        .await;
+
+    // The request span, the saga's runs and steps, and the agent's print
+    // job: all in the caller's trace, each under the one that caused it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mine = loop {
+        let mine: Vec<Span> = spans(&bodies)
+            .into_iter()
+            .map(|e| e.span)
+            .filter(|s| s.trace_id == trace_id)
+            .collect();
+        let steps: Vec<String> = mine
+            .iter()
+            .filter(|s| s.name == "saga_step")
+            .filter_map(|s| attr(s, "step"))
+            .collect();
+        let done = ["authorize", "capture", "fiscalize", "notify"]
+            .iter()
+            .all(|n| steps.iter().any(|s| s == n))
+            && mine.iter().any(|s| s.name == "print");
+        if done {
+            break mine;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not all spans of the payment arrived in its trace: {:?}",
+            mine.iter().map(|s| &s.name).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let by_id = |id: &[u8]| mine.iter().find(|s| s.span_id == id);
+    let request = mine
+        .iter()
+        .find(|s| s.name == "POST /v1/payments")
+        .expect("the request span");
+    assert_eq!(request.parent_span_id, parent_id, "a child of the caller");
+    let runs: Vec<&Span> = mine.iter().filter(|s| s.name == "saga").collect();
+    assert!(!runs.is_empty());
+    for run in &runs {
+        assert_eq!(
+            run.parent_span_id, request.span_id,
+            "each run of the saga is a child of the request that started it"
+        );
+        assert_eq!(attr(run, "saga").as_deref(), Some("payment"));
+    }
+    for step in mine.iter().filter(|s| s.name == "saga_step") {
+        let parent = by_id(&step.parent_span_id).expect("a step's parent is in the trace");
+        assert_eq!(parent.name, "saga", "a step is a child of its run");
+    }
+    let print = mine.iter().find(|s| s.name == "print").unwrap();
+    assert_eq!(attr(print, "printer").as_deref(), Some("demo-1-p1"));
+    let parent = by_id(&print.parent_span_id).expect("the print job's parent is in the trace");
+    assert_eq!(
+        attr(parent, "step").as_deref(),
+        Some("fiscalize"),
+        "the print job is a child of the step that queued it"
+    );
+}

@@ -49,6 +49,7 @@ pub(super) fn definition(
         .step(Capture(deps.clone()))
         .step(Fiscalize(deps.clone()))
         .step(Notify(deps.clone()))
+        .on_span(|span, s| crate::telemetry::join_trace(span, s.traceparent.as_deref()))
         .build()
 }
 
@@ -157,7 +158,7 @@ impl Step<PaymentSaga> for Authorize {
             .execute(
                 &key,
                 &request(&s, "authorize", None),
-                s.traceparent.as_deref(),
+                crate::telemetry::traceparent_here(s.traceparent.as_deref()).as_deref(),
             )
             .await
         {
@@ -214,7 +215,7 @@ impl Step<PaymentSaga> for Authorize {
             .execute(
                 &key,
                 &request(&s, "void", Some(&auth)),
-                s.traceparent.as_deref(),
+                crate::telemetry::traceparent_here(s.traceparent.as_deref()).as_deref(),
             )
             .await
         {
@@ -285,7 +286,7 @@ impl Step<PaymentSaga> for Capture {
             .execute(
                 &cx.key(),
                 &request(&s, "capture", Some(&auth)),
-                s.traceparent.as_deref(),
+                crate::telemetry::traceparent_here(s.traceparent.as_deref()).as_deref(),
             )
             .await
         {
@@ -384,7 +385,7 @@ impl Step<PaymentSaga> for Fiscalize {
                     original: None,
                     faults: None,
                     resolve: None,
-                    traceparent: s.traceparent.clone(),
+                    traceparent: crate::telemetry::traceparent_here(s.traceparent.as_deref()),
                     correlation_id: s.correlation_id.clone(),
                 };
                 record(

@@ -46,6 +46,7 @@ pub(super) fn definition(
     Definition::builder("refund", 1)
         .step(RefundAtProvider(deps.clone()))
         .step(Reverse(deps.clone()))
+        .on_span(|span, s| crate::telemetry::join_trace(span, s.traceparent.as_deref()))
         .build()
 }
 
@@ -126,7 +127,14 @@ impl Step<RefundSaga> for RefundAtProvider {
             parent: Some(s.capture_ref.clone()),
             reference: s.refund_id.clone(),
         };
-        match provider.execute(&key, &req, s.traceparent.as_deref()).await {
+        match provider
+            .execute(
+                &key,
+                &req,
+                crate::telemetry::traceparent_here(s.traceparent.as_deref()).as_deref(),
+            )
+            .await
+        {
             Ok(op) if op.approved() => {
                 cx.state_mut().refund_ref = Some(op.id.clone());
                 let tx = cx.tx().await?;
@@ -253,7 +261,7 @@ impl Step<RefundSaga> for Reverse {
                     original: Some(s.original.clone()),
                     faults: None,
                     resolve: None,
-                    traceparent: s.traceparent.clone(),
+                    traceparent: crate::telemetry::traceparent_here(s.traceparent.as_deref()),
                     correlation_id: s.correlation_id.clone(),
                 };
                 let tx = cx.tx().await?;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use counterfoil_breaker::{CircuitBreaker, Error as BreakerError, Outcome, State};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use counterfoil_fiscal::{self as fiscal, PrinterHandle};
 
@@ -112,9 +113,18 @@ pub(crate) fn spawn(
                 () = stop.cancelled() => break,
                 j = rx.recv() => match j { Some(j) => j, None => break },
             };
-            match actor.run(&job).await {
+            // The job's span joins the trace of the payment's request.
+            let span = tracing::info_span!(
+                "print",
+                printer = %actor.id,
+                sale_key = %job.job.key,
+                kind = %job.job.kind,
+                otel.kind = "consumer",
+            );
+            crate::telemetry::join_trace(&span, job.job.traceparent.as_deref());
+            match actor.run(&job).instrument(span.clone()).await {
                 Ok(Some(outcome)) => {
-                    if let Err(e) = finisher.finish(&job.job, &outcome).await {
+                    if let Err(e) = finisher.finish(&job.job, &outcome).instrument(span).await {
                         tracing::error!(printer = %actor.id, error = %e, "journal write failed");
                         continue;
                     }
