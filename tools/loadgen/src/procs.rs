@@ -131,12 +131,59 @@ pub(crate) fn rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// A free loopback port.
+/// A free loopback port for a server that the run starts, kills and starts
+/// again on the same port. It is taken outside the kernel's ephemeral range
+/// (`net.ipv4.ip_local_port_range`): a port from that range can be handed to
+/// any outgoing connection (a pool's connection to PostgreSQL, say) or bind
+/// to port 0 between this check and the server's bind, or while the server
+/// is down, and the server then fails with "address already in use".
 pub(crate) fn free_port() -> Result<u16, String> {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok();
+    let (lo, hi) = range
+        .as_deref()
+        .and_then(parse_port_range)
+        .unwrap_or((32768, 60999));
+    let mut rng = rand::rng();
+    for _ in 0..200 {
+        let Some(port) = port_outside(lo, hi, &mut rng) else {
+            break;
+        };
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    // No room outside the range (or all of it taken): any free port.
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .map_err(|e| format!("no free port: {e}"))
+}
+
+/// `"32768\t60999\n"` → `(32768, 60999)`.
+fn parse_port_range(s: &str) -> Option<(u16, u16)> {
+    let mut it = s.split_whitespace().map(str::parse::<u16>);
+    match (it.next(), it.next()) {
+        (Some(Ok(lo)), Some(Ok(hi))) if lo <= hi => Some((lo, hi)),
+        _ => None,
+    }
+}
+
+/// Lowest port a run's servers use: clear of the well-known and of the
+/// usual service ports below it.
+const FIRST_PORT: u16 = 20_000;
+
+/// A random port in `[FIRST_PORT, lo)` or `(hi, 65535]`, whichever is wider;
+/// `None` when both are empty.
+fn port_outside(lo: u16, hi: u16, rng: &mut impl rand::Rng) -> Option<u16> {
+    let below = (FIRST_PORT < lo).then_some(FIRST_PORT..lo);
+    let above = (hi < u16::MAX).then(|| hi + 1..u16::MAX);
+    let width = |r: &Option<std::ops::Range<u16>>| r.as_ref().map_or(0, |r| r.len());
+    let pick = if width(&below) >= width(&above) {
+        below
+    } else {
+        above
+    };
+    pick.filter(|r| !r.is_empty()).map(|r| rng.random_range(r))
 }
 
 /// Waits until `GET {base}/health/live` answers 200.
@@ -202,5 +249,36 @@ pub(crate) fn restaurant_bin(explicit: Option<&Path>) -> Result<PathBuf, String>
             "the restaurant binary is not at {} (build it with `cargo build -p restaurant`, or set RESTAURANT_BIN)",
             built.display()
         ))
+    }
+}
+
+#[cfg(test)]
+mod port_tests {
+    use super::*;
+
+    #[test]
+    fn ports_are_taken_outside_the_ephemeral_range() {
+        assert_eq!(parse_port_range("32768\t60999\n"), Some((32768, 60999)));
+        assert_eq!(parse_port_range("9 8"), None);
+        assert_eq!(parse_port_range("x"), None);
+        let mut rng = rand::rng();
+        for _ in 0..1000 {
+            let p = port_outside(32768, 60999, &mut rng).unwrap();
+            assert!((FIRST_PORT..32768).contains(&p), "{p}");
+            let p = port_outside(1024, 50000, &mut rng).unwrap();
+            assert!(p > 50000, "{p}");
+        }
+        assert_eq!(port_outside(1024, u16::MAX, &mut rng), None);
+        let p = free_port().unwrap();
+        let (lo, hi) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .as_deref()
+            .and_then(parse_port_range)
+            .unwrap_or((32768, 60999));
+        assert!(
+            !(lo..=hi).contains(&p),
+            "{p} is in the ephemeral range {lo}-{hi}"
+        );
+        std::net::TcpListener::bind(("127.0.0.1", p)).expect("the port is free");
     }
 }
