@@ -383,6 +383,20 @@ pub(crate) fn join_trace(span: &tracing::Span, traceparent: Option<&str>) {
     }
 }
 
+/// With spans exported, makes every run of a saga of `def` a child of the
+/// request span its state names ([`join_trace`]); otherwise leaves `def`
+/// as it is, so a saga's state is not decoded again for nothing.
+pub(crate) fn traced<S: counterfoil_saga::SagaState>(
+    def: counterfoil_saga::DefinitionBuilder<S>,
+    traceparent: fn(&S) -> Option<&str>,
+) -> counterfoil_saga::DefinitionBuilder<S> {
+    if EXPORTING.load(Ordering::Relaxed) {
+        def.on_span(move |span, state| join_trace(span, traceparent(state)))
+    } else {
+        def
+    }
+}
+
 /// The `traceparent` to send on from where the code runs now: the current
 /// exported span's, so the callee's spans hang under it, or `stored` when
 /// spans are not exported.

@@ -44,13 +44,14 @@ pub(crate) struct PaymentSaga {
 pub(super) fn definition(
     deps: &Arc<Deps>,
 ) -> Result<Definition<PaymentSaga>, counterfoil_saga::BuildError> {
-    Definition::builder("payment", 1)
-        .step(Authorize(deps.clone()))
-        .step(Capture(deps.clone()))
-        .step(Fiscalize(deps.clone()))
-        .step(Notify(deps.clone()))
-        .on_span(|span, s| crate::telemetry::join_trace(span, s.traceparent.as_deref()))
-        .build()
+    crate::telemetry::traced(Definition::builder("payment", 1), |s: &PaymentSaga| {
+        s.traceparent.as_deref()
+    })
+    .step(Authorize(deps.clone()))
+    .step(Capture(deps.clone()))
+    .step(Fiscalize(deps.clone()))
+    .step(Notify(deps.clone()))
+    .build()
 }
 
 fn request(s: &PaymentSaga, kind: &str, parent: Option<&str>) -> Request {

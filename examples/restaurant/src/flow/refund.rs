@@ -43,11 +43,12 @@ pub(crate) struct RefundSaga {
 pub(super) fn definition(
     deps: &Arc<Deps>,
 ) -> Result<Definition<RefundSaga>, counterfoil_saga::BuildError> {
-    Definition::builder("refund", 1)
-        .step(RefundAtProvider(deps.clone()))
-        .step(Reverse(deps.clone()))
-        .on_span(|span, s| crate::telemetry::join_trace(span, s.traceparent.as_deref()))
-        .build()
+    crate::telemetry::traced(Definition::builder("refund", 1), |s: &RefundSaga| {
+        s.traceparent.as_deref()
+    })
+    .step(RefundAtProvider(deps.clone()))
+    .step(Reverse(deps.clone()))
+    .build()
 }
 
 /// Sets the refund's status and appends its event (on the payment's
