@@ -440,6 +440,12 @@ impl Engine {
         let shortest = (cfg.poll / 8).max(Duration::from_millis(1)).min(cfg.poll);
         let mut idle_wait = shortest;
         let wakeup = self.inner.rt.wakeup.clone();
+        // A claim is a write transaction: make one only when work may be due (a wake-up, a
+        // due time, the poll, a full batch, a slot freed while all were busy), never because
+        // a saga task ended. The poll counts from the last claim, so frequent wake-ups of
+        // other kinds cannot keep postponing it.
+        let mut claim_now = true;
+        let mut poll_at = tokio::time::Instant::now();
         loop {
             while let Some(done) = tasks.try_join_next() {
                 if let Err(e) = done {
@@ -450,43 +456,55 @@ impl Engine {
                 break;
             }
             let free = cfg.concurrency.saturating_sub(tasks.len());
-            let mut claimed_any = false;
-            if free > 0 {
+            let mut full = false;
+            if free > 0 && std::mem::take(&mut claim_now) {
                 let limit = u32::try_from(free).unwrap_or(u32::MAX).min(cfg.batch);
                 match self.claim(limit).await {
                     Ok(batch) => {
-                        claimed_any = !batch.is_empty();
+                        full = batch.len() >= limit as usize;
+                        idle_wait = if batch.is_empty() {
+                            (idle_wait * 2).min(cfg.poll)
+                        } else {
+                            shortest
+                        };
                         for c in batch {
                             let engine = self.clone();
                             tasks.spawn(async move { engine.drive(c).await });
                         }
                     }
-                    Err(e) => tracing::warn!(error = %e, "claiming sagas failed"),
+                    Err(e) => {
+                        idle_wait = cfg.poll;
+                        tracing::warn!(error = %e, "claiming sagas failed");
+                    }
                 }
+                poll_at = tokio::time::Instant::now() + idle_wait;
             }
-            if claimed_any {
-                idle_wait = shortest;
-                if tasks.len() < cfg.concurrency {
-                    tokio::task::yield_now().await;
-                    continue;
-                }
+            let busy = tasks.len() >= cfg.concurrency;
+            if full && !busy {
+                // More may be due than one batch held.
+                claim_now = true;
+                tokio::task::yield_now().await;
+                continue;
             }
             let now = self.inner.rt.clock.now_ms();
             let (due_now, next_due) = wakeup.take_due(now);
-            if due_now && tasks.len() < cfg.concurrency {
-                continue;
+            if due_now {
+                claim_now = true;
+                if !busy {
+                    continue;
+                }
             }
-            let wait = next_due.map_or(idle_wait, |at| {
+            let wake_at = next_due.map_or(poll_at, |at| {
                 let until = u64::try_from(at.saturating_sub(now)).unwrap_or(0);
-                idle_wait.min(Duration::from_millis(until.max(1)))
+                poll_at.min(tokio::time::Instant::now() + Duration::from_millis(until.max(1)))
             });
             tokio::select! {
                 () = &mut shutdown => break,
-                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-                () = wakeup.notified() => {}
-                () = tokio::time::sleep(wait), if !claimed_any => {
-                    idle_wait = (idle_wait * 2).min(cfg.poll);
-                }
+                // A slot freed up: claim if every slot was taken (work may be waiting).
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => claim_now |= busy,
+                () = wakeup.notified() => claim_now = true,
+                // While every slot is taken, a freed slot triggers the claim instead.
+                () = tokio::time::sleep_until(wake_at), if !busy => claim_now = true,
                 _ = metrics_tick.tick() => {
                     if let Err(e) = self.refresh_metrics().await {
                         tracing::warn!(error = %e, "refreshing saga metrics failed");
