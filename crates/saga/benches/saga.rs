@@ -12,9 +12,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use counterfoil_saga::{
-    Checkpoint, CheckpointAck, ClaimRequest, Claimed, Clock, Definition, Delivery, Engine, Error,
-    Kind, ListFilter, LogEntry, NewSaga, OperatorOp, PgSagaStore, SagaRecord, SagaStore,
-    SqliteSagaStore, Started, Status, Step, StepCx, StepError, StepOutcome, StepTx, WorkerConfig,
+    CountingStore, Definition, Engine, Kind, PgSagaStore, SagaStore, SqliteSagaStore, Step, StepCx,
+    StepError, StepOutcome, WorkerConfig,
 };
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use parking_lot::Mutex;
@@ -27,71 +26,6 @@ use uuid::Uuid;
 /// Connections in the pool, for the saga engine and for the raw baseline alike.
 const PG_CONNECTIONS: u32 = 16;
 const SQLITE_CONNECTIONS: u32 = 4;
-
-/// Times every checkpoint (one step transition) and counts store calls.
-#[derive(Debug)]
-struct Timed {
-    inner: Arc<dyn SagaStore>,
-    checkpoints: Mutex<Vec<Duration>>,
-    claims: AtomicU64,
-    claimed: AtomicU64,
-}
-
-#[async_trait]
-impl SagaStore for Timed {
-    fn clock(&self) -> Arc<dyn Clock> {
-        self.inner.clock()
-    }
-    async fn migrate(&self) -> Result<(), Error> {
-        self.inner.migrate().await
-    }
-    async fn start(&self, new: NewSaga) -> Result<Started, Error> {
-        self.inner.start(new).await
-    }
-    async fn active_versions(&self) -> Result<Vec<(String, u32)>, Error> {
-        self.inner.active_versions().await
-    }
-    async fn claim(&self, req: ClaimRequest) -> Result<Vec<Claimed>, Error> {
-        let r = self.inner.claim(req).await?;
-        self.claims.fetch_add(1, Ordering::Relaxed);
-        self.claimed.fetch_add(r.len() as u64, Ordering::Relaxed);
-        Ok(r)
-    }
-    async fn begin(&self) -> Result<StepTx, Error> {
-        self.inner.begin().await
-    }
-    async fn checkpoint(
-        &self,
-        tx: Option<StepTx>,
-        cp: Checkpoint,
-    ) -> Result<Option<CheckpointAck>, Error> {
-        let t = Instant::now();
-        let r = self.inner.checkpoint(tx, cp).await;
-        self.checkpoints.lock().push(t.elapsed());
-        r
-    }
-    async fn acquire(&self, id: Uuid, epoch: i64, seq: i64, r: &str) -> Result<bool, Error> {
-        self.inner.acquire(id, epoch, seq, r).await
-    }
-    async fn deliver(&self, id: Uuid, e: &str, p: &str, now: i64) -> Result<Delivery, Error> {
-        self.inner.deliver(id, e, p, now).await
-    }
-    async fn get(&self, id: Uuid) -> Result<Option<SagaRecord>, Error> {
-        self.inner.get(id).await
-    }
-    async fn list(&self, f: &ListFilter) -> Result<Vec<SagaRecord>, Error> {
-        self.inner.list(f).await
-    }
-    async fn log(&self, id: Uuid) -> Result<Vec<LogEntry>, Error> {
-        self.inner.log(id).await
-    }
-    async fn operate(&self, id: Uuid, op: OperatorOp, now: i64) -> Result<bool, Error> {
-        self.inner.operate(id, op, now).await
-    }
-    async fn counts(&self) -> Result<Vec<(Status, u64)>, Error> {
-        self.inner.counts().await
-    }
-}
 
 struct Noop(&'static str, Arc<AtomicU64>);
 
@@ -127,7 +61,7 @@ struct Setup {
     engine: Engine,
     def: Definition<u64>,
     done: Arc<AtomicU64>,
-    timed: Arc<Timed>,
+    timed: Arc<CountingStore>,
     next: AtomicU64,
     stop: tokio::sync::watch::Sender<bool>,
     prefix: &'static str,
@@ -141,12 +75,7 @@ async fn setup(store: Arc<dyn SagaStore>, workers: usize, direct: bool) -> Arc<S
         .step(Noop("third", done.clone()))
         .build()
         .unwrap();
-    let timed = Arc::new(Timed {
-        inner: store,
-        checkpoints: Mutex::new(Vec::new()),
-        claims: AtomicU64::new(0),
-        claimed: AtomicU64::new(0),
-    });
+    let timed = Arc::new(CountingStore::new(store));
     let engine = Engine::builder(timed.clone())
         .register(def.clone())
         .execute_on_start(direct)
@@ -255,11 +184,11 @@ async fn raw_commits(raw: &Raw, n: u64, conns: u64, lat: &Arc<Mutex<Vec<Duration
 /// One saga (or one raw commit) at a time: transition latency without queueing.
 async fn unloaded(s: &Arc<Setup>, raw: &Raw, name: &str) {
     const N: u64 = 300;
-    s.timed.checkpoints.lock().clear();
+    s.timed.clear_checkpoint_times();
     for _ in 0..N {
         run_sagas(s, 1, 1).await;
     }
-    let mut cps = s.timed.checkpoints.lock().clone();
+    let mut cps = s.timed.checkpoint_times();
     let lat = Arc::new(Mutex::new(Vec::new()));
     raw_commits(raw, N, 1, &lat).await;
     let mut raws = lat.lock().clone();
@@ -281,15 +210,15 @@ struct Figures {
 }
 
 fn report(name: &str, s: &Setup, raw_lat: &Mutex<Vec<Duration>>, f: &Figures, conns: u32) {
-    let mut cps = s.timed.checkpoints.lock().clone();
+    let mut cps = s.timed.checkpoint_times();
     let mut raws = raw_lat.lock().clone();
     let sagas_s = f.sagas as f64 / f.saga_time.as_secs_f64();
     let raw_s = f.raw as f64 / f.raw_time.as_secs_f64();
     let transitions_s = sagas_s * 3.0;
     let (p50, p99) = (percentile(&mut cps, 0.5), percentile(&mut cps, 0.99));
     let (r50, r99) = (percentile(&mut raws, 0.5), percentile(&mut raws, 0.99));
-    let claims = s.timed.claims.load(Ordering::Relaxed);
-    let claimed = s.timed.claimed.load(Ordering::Relaxed).max(1);
+    let claims = s.timed.claims();
+    let claimed = s.timed.claimed().max(1);
     println!("\n== {name} ({conns} connections)");
     println!("raw one-row commits: {raw_s:.0}/s, p50 {r50:?}, p99 {r99:?}");
     println!(

@@ -1,18 +1,23 @@
-//! Deterministic test harness: a store on a manual clock, crash injection, run-until-idle.
+//! Deterministic test harness: a store on a manual clock, crash injection, run-until-idle,
+//! and a store that counts what the workers ask of it.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
 use parking_lot::Mutex;
 use uuid::Uuid;
 
-use crate::clock::ManualClock;
+use crate::clock::{Clock, ManualClock};
 use crate::crash::{CrashHook, CrashPoint};
 use crate::definition::{Definition, SagaState};
 use crate::engine::{Engine, EngineBuilder};
 use crate::memory::InMemorySagaStore;
-use crate::record::{SagaRecord, Status};
-use crate::store::SagaStore;
+use crate::record::{Delivery, LogEntry, SagaRecord, Started, Status};
+use crate::store::{
+    Checkpoint, CheckpointAck, ClaimRequest, Claimed, NewSaga, OperatorOp, SagaStore, StepTx,
+};
 use crate::{Error, ListFilter};
 
 /// Step (any when `None`), attempt (any when `None`) and boundary of a planned death.
@@ -200,5 +205,122 @@ impl Harness {
 impl ManualClock {
     fn now_ms_value(&self) -> i64 {
         crate::Clock::now_ms(self)
+    }
+}
+
+/// A store that passes every call on to another and counts what the workers
+/// ask of it: claims, the sagas they returned, the claims that came back
+/// empty, and how long each checkpoint took. For tests and benchmarks of
+/// worker settings (how many round trips a saga costs).
+#[derive(Debug)]
+pub struct CountingStore {
+    inner: Arc<dyn SagaStore>,
+    claims: AtomicU64,
+    claimed: AtomicU64,
+    empty: AtomicU64,
+    checkpoints: Mutex<Vec<Duration>>,
+}
+
+impl CountingStore {
+    /// Counts the calls made to `inner`.
+    pub fn new(inner: Arc<dyn SagaStore>) -> Self {
+        Self {
+            inner,
+            claims: AtomicU64::new(0),
+            claimed: AtomicU64::new(0),
+            empty: AtomicU64::new(0),
+            checkpoints: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Claims made so far.
+    pub fn claims(&self) -> u64 {
+        self.claims.load(Ordering::Relaxed)
+    }
+
+    /// Sagas those claims returned.
+    pub fn claimed(&self) -> u64 {
+        self.claimed.load(Ordering::Relaxed)
+    }
+
+    /// Claims that returned no saga.
+    pub fn empty_claims(&self) -> u64 {
+        self.empty.load(Ordering::Relaxed)
+    }
+
+    /// How long each checkpoint took, in order, since the last
+    /// [`clear_checkpoint_times`](Self::clear_checkpoint_times).
+    pub fn checkpoint_times(&self) -> Vec<Duration> {
+        self.checkpoints.lock().clone()
+    }
+
+    /// Forgets the checkpoint times recorded so far.
+    pub fn clear_checkpoint_times(&self) {
+        self.checkpoints.lock().clear();
+    }
+}
+
+#[async_trait]
+impl SagaStore for CountingStore {
+    fn clock(&self) -> Arc<dyn Clock> {
+        self.inner.clock()
+    }
+    async fn migrate(&self) -> Result<(), Error> {
+        self.inner.migrate().await
+    }
+    async fn start(&self, new: NewSaga) -> Result<Started, Error> {
+        self.inner.start(new).await
+    }
+    async fn active_versions(&self) -> Result<Vec<(String, u32)>, Error> {
+        self.inner.active_versions().await
+    }
+    async fn claim(&self, req: ClaimRequest) -> Result<Vec<Claimed>, Error> {
+        let got = self.inner.claim(req).await?;
+        self.claims.fetch_add(1, Ordering::Relaxed);
+        self.claimed.fetch_add(got.len() as u64, Ordering::Relaxed);
+        if got.is_empty() {
+            self.empty.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(got)
+    }
+    async fn begin(&self) -> Result<StepTx, Error> {
+        self.inner.begin().await
+    }
+    async fn checkpoint(
+        &self,
+        tx: Option<StepTx>,
+        cp: Checkpoint,
+    ) -> Result<Option<CheckpointAck>, Error> {
+        let started = Instant::now();
+        let r = self.inner.checkpoint(tx, cp).await;
+        self.checkpoints.lock().push(started.elapsed());
+        r
+    }
+    async fn acquire(&self, id: Uuid, epoch: i64, seq: i64, resource: &str) -> Result<bool, Error> {
+        self.inner.acquire(id, epoch, seq, resource).await
+    }
+    async fn deliver(
+        &self,
+        id: Uuid,
+        event: &str,
+        payload: &str,
+        now: i64,
+    ) -> Result<Delivery, Error> {
+        self.inner.deliver(id, event, payload, now).await
+    }
+    async fn get(&self, id: Uuid) -> Result<Option<SagaRecord>, Error> {
+        self.inner.get(id).await
+    }
+    async fn list(&self, filter: &ListFilter) -> Result<Vec<SagaRecord>, Error> {
+        self.inner.list(filter).await
+    }
+    async fn log(&self, id: Uuid) -> Result<Vec<LogEntry>, Error> {
+        self.inner.log(id).await
+    }
+    async fn operate(&self, id: Uuid, op: OperatorOp, now: i64) -> Result<bool, Error> {
+        self.inner.operate(id, op, now).await
+    }
+    async fn counts(&self) -> Result<Vec<(Status, u64)>, Error> {
+        self.inner.counts().await
     }
 }

@@ -35,7 +35,7 @@ pub use engine::{Engine, EngineBuilder, WorkerConfig};
 pub use error::{BoxError, BuildError, Error};
 #[cfg(feature = "test-util")]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
-pub use harness::{CrashPlan, Harness};
+pub use harness::{CountingStore, CrashPlan, Harness};
 pub use memory::{InMemorySagaStore, MemoryTx};
 pub use policy::RetryPolicy;
 #[cfg(feature = "postgres")]

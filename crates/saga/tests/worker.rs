@@ -3,84 +3,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use counterfoil_saga::{
-    Checkpoint, CheckpointAck, ClaimRequest, Claimed, Clock, Definition, Delivery, Engine, Error,
-    InMemorySagaStore, Kind, ListFilter, LogEntry, NewSaga, OperatorOp, SagaRecord, SagaStore,
-    Started, Status, Step, StepCx, StepError, StepOutcome, StepTx, WorkerConfig, async_trait,
+    CountingStore, Definition, Engine, InMemorySagaStore, Kind, Status, Step, StepCx, StepError,
+    StepOutcome, WorkerConfig, async_trait,
 };
-use uuid::Uuid;
-
-/// An in-memory store that counts claims (and how many came back empty).
-#[derive(Debug, Default)]
-struct Counting {
-    inner: InMemorySagaStore,
-    claims: AtomicUsize,
-    empty: AtomicUsize,
-}
-
-#[async_trait]
-impl SagaStore for Counting {
-    fn clock(&self) -> Arc<dyn Clock> {
-        self.inner.clock()
-    }
-    async fn migrate(&self) -> Result<(), Error> {
-        self.inner.migrate().await
-    }
-    async fn start(&self, new: NewSaga) -> Result<Started, Error> {
-        self.inner.start(new).await
-    }
-    async fn active_versions(&self) -> Result<Vec<(String, u32)>, Error> {
-        self.inner.active_versions().await
-    }
-    async fn claim(&self, req: ClaimRequest) -> Result<Vec<Claimed>, Error> {
-        let got = self.inner.claim(req).await?;
-        self.claims.fetch_add(1, Ordering::SeqCst);
-        if got.is_empty() {
-            self.empty.fetch_add(1, Ordering::SeqCst);
-        }
-        Ok(got)
-    }
-    async fn begin(&self) -> Result<StepTx, Error> {
-        self.inner.begin().await
-    }
-    async fn checkpoint(
-        &self,
-        tx: Option<StepTx>,
-        cp: Checkpoint,
-    ) -> Result<Option<CheckpointAck>, Error> {
-        self.inner.checkpoint(tx, cp).await
-    }
-    async fn acquire(&self, id: Uuid, epoch: i64, seq: i64, resource: &str) -> Result<bool, Error> {
-        self.inner.acquire(id, epoch, seq, resource).await
-    }
-    async fn deliver(
-        &self,
-        id: Uuid,
-        event: &str,
-        payload: &str,
-        now: i64,
-    ) -> Result<Delivery, Error> {
-        self.inner.deliver(id, event, payload, now).await
-    }
-    async fn get(&self, id: Uuid) -> Result<Option<SagaRecord>, Error> {
-        self.inner.get(id).await
-    }
-    async fn list(&self, filter: &ListFilter) -> Result<Vec<SagaRecord>, Error> {
-        self.inner.list(filter).await
-    }
-    async fn log(&self, id: Uuid) -> Result<Vec<LogEntry>, Error> {
-        self.inner.log(id).await
-    }
-    async fn operate(&self, id: Uuid, op: OperatorOp, now: i64) -> Result<bool, Error> {
-        self.inner.operate(id, op, now).await
-    }
-    async fn counts(&self) -> Result<Vec<(Status, u64)>, Error> {
-        self.inner.counts().await
-    }
-}
 
 struct Once;
 
@@ -103,7 +31,7 @@ impl Step<u32> for Once {
 /// or more in all.)
 #[tokio::test(start_paused = true)]
 async fn sagas_ending_and_a_partial_batch_cost_no_claim() {
-    let store = Arc::new(Counting::default());
+    let store = Arc::new(CountingStore::new(Arc::new(InMemorySagaStore::new())));
     let def = Definition::<u32>::builder("one", 1)
         .step(Once)
         .build()
@@ -138,8 +66,7 @@ async fn sagas_ending_and_a_partial_batch_cost_no_claim() {
     }
     let _ = stop.send(());
     worker.await.unwrap().unwrap();
-    let claims = store.claims.load(Ordering::SeqCst);
-    let empty = store.empty.load(Ordering::SeqCst);
+    let (claims, empty) = (store.claims(), store.empty_claims());
     // One claim takes all three; the wake-ups of the three starts, folded
     // into one, may cost one more, and the first poll one more.
     assert!(claims <= 3, "{claims} claims, {empty} empty");
