@@ -10,7 +10,10 @@ use counterfoil_saga::{
     StepOutcome, WorkerConfig, async_trait,
 };
 
-struct Once;
+/// Says on `ran` that it ran.
+struct Once {
+    ran: tokio::sync::mpsc::UnboundedSender<u32>,
+}
 
 #[async_trait]
 impl Step<u32> for Once {
@@ -20,9 +23,16 @@ impl Step<u32> for Once {
     fn kind(&self) -> Kind {
         Kind::Retriable
     }
-    async fn run(&self, _cx: &mut StepCx<'_, u32>) -> Result<StepOutcome, StepError> {
+    async fn run(&self, cx: &mut StepCx<'_, u32>) -> Result<StepOutcome, StepError> {
+        let _ = self.ran.send(*cx.state());
         Ok(StepOutcome::Done)
     }
+}
+
+/// Returns once every task of this paused, single-threaded runtime waits:
+/// the paused clock moves only then, and no other timer is due this soon.
+async fn settled() {
+    tokio::time::sleep(Duration::from_millis(1)).await;
 }
 
 /// Three sagas started together are claimed together; their tasks ending
@@ -32,8 +42,9 @@ impl Step<u32> for Once {
 #[tokio::test(start_paused = true)]
 async fn sagas_ending_and_a_partial_batch_cost_no_claim() {
     let store = Arc::new(CountingStore::new(Arc::new(InMemorySagaStore::new())));
+    let (ran, mut runs) = tokio::sync::mpsc::unbounded_channel();
     let def = Definition::<u32>::builder("one", 1)
-        .step(Once)
+        .step(Once { ran })
         .build()
         .unwrap();
     let engine = Engine::builder(store.clone())
@@ -59,8 +70,12 @@ async fn sagas_ending_and_a_partial_batch_cost_no_claim() {
                 .await
         })
     };
-    // Virtual time: the runtime advances it only when every task is idle.
-    tokio::time::sleep(Duration::from_secs(60)).await;
+    for _ in 0..3 {
+        runs.recv().await.expect("each saga runs");
+    }
+    // Their checkpoints, their tasks ending, and whatever the loop does
+    // about it, all done.
+    settled().await;
     for id in &ids {
         assert_eq!(engine.get(*id).await.unwrap().status, Status::Completed);
     }

@@ -7,7 +7,7 @@ mod common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -20,8 +20,39 @@ use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use parking_lot::Mutex;
 use prost::Message;
 
-/// What the receiver got: one protobuf body per `POST /v1/traces`.
-type Bodies = Arc<Mutex<Vec<Bytes>>>;
+/// What the receiver got: one protobuf body per `POST /v1/traces`, and a
+/// signal as each arrives.
+#[derive(Clone, Default)]
+struct Bodies {
+    got: Arc<Mutex<Vec<Bytes>>>,
+    arrived: Arc<tokio::sync::Notify>,
+}
+
+impl Bodies {
+    fn is_empty(&self) -> bool {
+        self.got.lock().is_empty()
+    }
+
+    /// Waits (at most `secs`) until `found` picks something out of the
+    /// spans received so far, checking again as each body arrives.
+    async fn until<T>(
+        &self,
+        secs: u64,
+        mut found: impl FnMut(Vec<Exported>) -> Option<T>,
+    ) -> Option<T> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            let arrived = self.arrived.notified();
+            tokio::pin!(arrived);
+            // Registered before looking, so a body arriving meanwhile wakes us.
+            arrived.as_mut().enable();
+            if let Some(t) = found(spans(self)) {
+                return Some(t);
+            }
+            tokio::time::timeout_at(deadline, arrived).await.ok()?;
+        }
+    }
+}
 
 /// Starts an OTLP/HTTP receiver on a free loopback port.
 async fn receiver() -> (String, Bodies) {
@@ -30,7 +61,8 @@ async fn receiver() -> (String, Bodies) {
         .route(
             "/v1/traces",
             post(|State(b): State<Bodies>, body: Bytes| async move {
-                b.lock().push(body);
+                b.got.lock().push(body);
+                b.arrived.notify_waiters();
                 // An empty ExportTraceServiceResponse.
                 ([("content-type", "application/x-protobuf")], Bytes::new())
             }),
@@ -54,7 +86,7 @@ struct Exported {
 /// Every span in the bodies received so far.
 fn spans(bodies: &Bodies) -> Vec<Exported> {
     let mut out = Vec::new();
-    for body in bodies.lock().iter() {
+    for body in bodies.got.lock().iter() {
         let req = ExportTraceServiceRequest::decode(body.as_ref()).expect("an OTLP protobuf body");
         for rs in req.resource_spans {
             let service = rs
@@ -83,19 +115,12 @@ fn spans(bodies: &Bodies) -> Vec<Exported> {
 
 /// Waits (at most `secs`) for the request span of trace `trace_id`.
 async fn wait_for(bodies: &Bodies, trace_id: &[u8], secs: u64) -> Option<Exported> {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(e) = spans(bodies)
-            .into_iter()
-            .find(|e| e.span.trace_id == trace_id && e.span.kind == SpanKind::Server as i32)
-        {
-            return Some(e);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    bodies
+        .until(secs, |all| {
+            all.into_iter()
+                .find(|e| e.span.trace_id == trace_id && e.span.kind == SpanKind::Server as i32)
+        })
+        .await
 }
 
 /// A fresh caller trace: `(traceparent, trace id bytes, parent span id bytes)`.
@@ -211,7 +236,7 @@ async fn nothing_is_sent_without_the_flag() {
         trace_id
     );
     assert_eq!(s.terminate(Duration::from_secs(30)), Some(0), "clean exit");
-    assert!(bodies.lock().is_empty(), "nothing was exported");
+    assert!(bodies.is_empty(), "nothing was exported");
 }
 
 /// The value of string attribute `key` of `span`.
@@ -254,31 +279,34 @@ async fn a_payment_is_one_trace_from_the_request_through_its_saga_to_the_printed
 
     // The request span, the saga's runs and steps, and the agent's print
     // job: all in the caller's trace, each under the one that caused it.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mine = loop {
-        let mine: Vec<Span> = spans(&bodies)
-            .into_iter()
+    let in_trace = |all: Vec<Exported>| -> Vec<Span> {
+        all.into_iter()
             .map(|e| e.span)
             .filter(|s| s.trace_id == trace_id)
-            .collect();
+            .collect()
+    };
+    let complete = |mine: &[Span]| {
         let steps: Vec<String> = mine
             .iter()
             .filter(|s| s.name == "saga_step")
             .filter_map(|s| attr(s, "step"))
             .collect();
-        let done = ["authorize", "capture", "fiscalize", "notify"]
+        ["authorize", "capture", "fiscalize", "notify"]
             .iter()
             .all(|n| steps.iter().any(|s| s == n))
-            && mine.iter().any(|s| s.name == "print");
-        if done {
-            break mine;
-        }
-        assert!(
-            Instant::now() < deadline,
+            && mine.iter().any(|s| s.name == "print")
+    };
+    let Some(mine) = bodies
+        .until(20, |all| Some(in_trace(all)).filter(|m| complete(m)))
+        .await
+    else {
+        panic!(
             "not all spans of the payment arrived in its trace: {:?}",
-            mine.iter().map(|s| &s.name).collect::<Vec<_>>()
+            in_trace(spans(&bodies))
+                .iter()
+                .map(|s| &s.name)
+                .collect::<Vec<_>>()
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let by_id = |id: &[u8]| mine.iter().find(|s| s.span_id == id);
     let request = mine

@@ -208,10 +208,10 @@ async fn separate_roles_on_postgres_finish_every_payment_exactly_once() {
     delete_topology(&amqp, &prefix).await;
 }
 
-#[test]
-fn a_role_gives_up_on_its_database_after_the_startup_wait_and_at_once_on_a_refused_login() {
-    let run = |url: &str, wait: &str| {
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_restaurant"))
+#[tokio::test]
+async fn a_role_gives_up_on_its_database_after_the_startup_wait_and_at_once_on_a_refused_login() {
+    let run = async |url: &str, wait: &str| {
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_restaurant"))
             .args([
                 "--role",
                 "relay",
@@ -224,23 +224,20 @@ fn a_role_gives_up_on_its_database_after_the_startup_wait_and_at_once_on_a_refus
             .args(["--amqp-url", "amqp://guest:guest@127.0.0.1:1/%2f"])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
             .spawn()
             .unwrap();
         // Bounds a wrong retry loop: the right behaviour ends in about a second.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while child.try_wait().unwrap().is_none() {
-            if std::time::Instant::now() > deadline {
-                child.kill().unwrap();
-                panic!("the relay is still waiting for {url}");
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        let out = child.wait_with_output().unwrap();
+        let out =
+            tokio::time::timeout(std::time::Duration::from_secs(60), child.wait_with_output())
+                .await
+                .unwrap_or_else(|_| panic!("the relay is still waiting for {url}"))
+                .unwrap();
         assert!(!out.status.success());
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
     // Nothing listens: it waits, says so, then gives up with the cause.
-    let err = run("postgres://postgres@127.0.0.1:1/test", "1s");
+    let err = run("postgres://postgres@127.0.0.1:1/test", "1s").await;
     assert!(err.contains("database not reachable yet"), "{err}");
     assert!(err.contains("cannot open the database"), "{err}");
     assert!(err.contains("refused"), "{err}");
@@ -252,7 +249,7 @@ fn a_role_gives_up_on_its_database_after_the_startup_wait_and_at_once_on_a_refus
     let rest = db.split_once("://").map_or(db.as_str(), |(_, r)| r);
     let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
     let bad = format!("postgres://no_such_role@{host}");
-    let err = run(&bad, "10m");
+    let err = run(&bad, "10m").await;
     assert!(!err.contains("database not reachable yet"), "{err}");
     assert!(err.contains("no_such_role"), "{err}");
 }
