@@ -327,6 +327,24 @@ async fn a_payment_is_one_trace_from_the_request_through_its_saga_to_the_printed
         let parent = by_id(&step.parent_span_id).expect("a step's parent is in the trace");
         assert_eq!(parent.name, "saga", "a step is a child of its run");
     }
+    // The provider was called from the step's span: its ledger records the
+    // traceparent each operation came with.
+    let ops: Vec<_> = s
+        .ledger()
+        .await
+        .into_iter()
+        .filter(|op| op["reference"] == id.as_str())
+        .collect();
+    assert_eq!(ops.len(), 2, "authorize and capture: {ops:?}");
+    for op in &ops {
+        let tp = op["traceparent"].as_str().expect("a traceparent");
+        let parts: Vec<&str> = tp.split('-').collect();
+        assert_eq!(hex::decode(parts[1]).unwrap(), trace_id, "{tp}");
+        let caller =
+            by_id(&hex::decode(parts[2]).unwrap()).expect("the caller's span is in the trace");
+        assert_eq!(caller.name, "saga_step", "{tp}");
+        assert_eq!(attr(caller, "step").as_deref(), op["kind"].as_str(), "{tp}");
+    }
     let print = mine.iter().find(|s| s.name == "print").unwrap();
     assert_eq!(attr(print, "printer").as_deref(), Some("demo-1-p1"));
     let parent = by_id(&print.parent_span_id).expect("the print job's parent is in the trace");

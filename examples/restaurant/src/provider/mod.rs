@@ -39,6 +39,10 @@ pub(crate) struct Operation {
     /// The merchant's reference (a payment or refund id, never card data).
     pub(crate) reference: String,
     pub(crate) at: i64,
+    /// The W3C `traceparent` the first request for it came with (the
+    /// simulator records it, so a test can see whose span called).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) traceparent: Option<String>,
 }
 
 impl Operation {

@@ -117,7 +117,19 @@ async fn execute(
     if slow > 0 {
         tokio::time::sleep(Duration::from_millis(slow)).await;
     }
-    let plan = apply(&mut ledger.lock(), &key, &req);
+    let traceparent = headers.get("traceparent").and_then(|v| v.to_str().ok());
+    let plan = {
+        let mut l = ledger.lock();
+        let plan = apply(&mut l, &key, &req);
+        // Which span called, as the first request for the key said.
+        if let Some(tp) = traceparent
+            && let Some(&(i, _)) = l.by_key.get(&key)
+            && let Some(op) = l.ops.get_mut(i)
+        {
+            op.traceparent.get_or_insert_with(|| tp.to_owned());
+        }
+        plan
+    };
     match plan {
         Plan::Reply(r) => r,
         Plan::HangThenReply(r) => {
@@ -234,6 +246,7 @@ fn apply(l: &mut Ledger, key: &str, req: &Request) -> Plan {
         parent: req.parent.clone(),
         reference: req.reference.clone(),
         at: now_ms(),
+        traceparent: None,
     };
     l.by_key.insert(key.to_owned(), (l.ops.len(), fingerprint));
     l.ops.push(op.clone());
@@ -310,6 +323,7 @@ mod tests {
             parent: None,
             reference: String::new(),
             at: 0,
+            traceparent: None,
         }
     }
 
