@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use counterfoil_saga::{
-    Definition, Harness, Kind, Status, Step, StepCx, StepError, StepOutcome, Wake, async_trait,
+    Definition, Engine, Harness, Kind, SagaState, Status, Step, StepCx, StepError, StepOutcome,
+    Wake, async_trait,
 };
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -45,14 +46,14 @@ impl<S: tracing::Subscriber + for<'a> LookupSpan<'a>> tracing_subscriber::Layer<
 struct Pay;
 
 #[async_trait]
-impl Step<Order> for Pay {
+impl<S: SagaState> Step<S> for Pay {
     fn name(&self) -> &str {
         "pay"
     }
     fn kind(&self) -> Kind {
         Kind::Retriable
     }
-    async fn run(&self, cx: &mut StepCx<'_, Order>) -> Result<StepOutcome, StepError> {
+    async fn run(&self, cx: &mut StepCx<'_, S>) -> Result<StepOutcome, StepError> {
         match cx.wake() {
             Wake::Event(_) => Ok(StepOutcome::Done),
             _ => Ok(StepOutcome::wait(["paid"], Duration::from_secs(60))),
@@ -130,4 +131,53 @@ async fn the_hook_sees_each_runs_saga_span_and_state_and_steps_are_its_children(
 fn a_definition_without_a_hook_says_so() {
     let def = Definition::<Order>::builder("order", 1).step(Pay);
     assert!(format!("{def:?}").contains("on_span: false"));
+}
+
+/// What a later version of the code might expect under the same name.
+#[derive(Debug, Serialize, Deserialize)]
+struct Strict {
+    amount: u64,
+}
+
+#[tokio::test]
+async fn a_state_that_does_not_decode_skips_the_hook() {
+    let (builder, clock) = Harness::in_memory();
+    let as_order = Definition::<Order>::builder("order", 1)
+        .step(Pay)
+        .build()
+        .unwrap();
+    let h = Harness::new(builder.register(as_order.clone()), clock)
+        .await
+        .unwrap();
+    let id = h
+        .start(
+            &as_order,
+            "k1",
+            &Order {
+                traceparent: "x".into(),
+            },
+        )
+        .await
+        .unwrap();
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = calls.clone();
+    let strict = Definition::<Strict>::builder("order", 1)
+        .step(Pay)
+        .on_span(move |_, _| {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        })
+        .build()
+        .unwrap();
+    let other = Engine::builder(h.store().clone())
+        .register(strict)
+        .build()
+        .await
+        .unwrap();
+    let _ = other.run_until_idle().await;
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert_ne!(
+        h.status(id).await.unwrap(),
+        Status::Completed,
+        "the run did not go on"
+    );
 }
