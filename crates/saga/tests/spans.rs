@@ -141,6 +141,10 @@ struct Strict {
 
 #[tokio::test]
 async fn a_state_that_does_not_decode_skips_the_hook() {
+    // Every test here that makes spans runs under a subscriber that wants
+    // them all: tests run in parallel threads, and a thread without one
+    // could have the span callsites cached as uninteresting for the other.
+    let _guard = tracing::subscriber::set_default(tracing_subscriber::registry());
     let (builder, clock) = Harness::in_memory();
     let as_order = Definition::<Order>::builder("order", 1)
         .step(Pay)
