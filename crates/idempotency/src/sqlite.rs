@@ -66,7 +66,7 @@ const RELEASE_EXPIRE: &str = "UPDATE idem_records SET lease_until = ?6 \
      AND lease_token = ?5 AND completed = 0";
 
 const REAP: &str = "DELETE FROM idem_records WHERE rowid IN \
-     (SELECT rowid FROM idem_records WHERE expires_at <= ?1 LIMIT ?2)";
+     (SELECT rowid FROM idem_records WHERE expires_at <= ?1 LIMIT CAST(?2 AS INTEGER))";
 
 fn row_to_record(row: &SqliteRow) -> Result<Record, Error> {
     let fp: Vec<u8> = row.try_get(0).map_err(Error::backend)?;

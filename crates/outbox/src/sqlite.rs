@@ -131,11 +131,14 @@ impl OutboxStore for SqliteOutboxStore {
             }
             _ => "",
         };
+        // `LIMIT CAST(? AS INTEGER)`: SQLite plans a bare LIMIT parameter
+        // with its bound value, so each claim would prepare the statement
+        // again. The same holds for every LIMIT in this file.
         let sql = format!(
             "UPDATE outbox_messages SET lease_token = ?, available_at = ?
              WHERE seq IN (SELECT o.seq FROM outbox_messages o
                            WHERE o.delivered_at IS NULL AND o.available_at <= ? {head_only}
-                           ORDER BY o.available_at, o.seq LIMIT ?)
+                           ORDER BY o.available_at, o.seq LIMIT CAST(? AS INTEGER))
              RETURNING seq, {MESSAGE_COLUMNS}"
         );
         let mut tx = self.immediate().await?;
@@ -249,7 +252,7 @@ impl OutboxStore for SqliteOutboxStore {
     async fn cleanup(&self, before: i64, limit: u32) -> Result<u64, Error> {
         Ok(sqlx::query(
             "DELETE FROM outbox_messages WHERE seq IN (
-               SELECT seq FROM outbox_messages WHERE delivered_at < ? LIMIT ?)",
+               SELECT seq FROM outbox_messages WHERE delivered_at < ? LIMIT CAST(? AS INTEGER))",
         )
         .bind(before)
         .bind(i64::from(limit))
@@ -287,7 +290,7 @@ impl OutboxStore for SqliteOutboxStore {
             "SELECT {MESSAGE_COLUMNS}, last_error, dead_at FROM outbox_dead_letters
              WHERE dead_seq > CASE WHEN ?1 IS NULL THEN 0
                    ELSE COALESCE((SELECT dead_seq FROM outbox_dead_letters WHERE id = ?1), 9223372036854775807) END
-             ORDER BY dead_seq LIMIT ?2"
+             ORDER BY dead_seq LIMIT CAST(?2 AS INTEGER)"
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(after.map(|a| a.as_uuid()))

@@ -71,7 +71,7 @@ impl InboxStore for SqliteInbox {
     async fn reap(&self, before: i64, limit: u32) -> Result<u64, Error> {
         Ok(sqlx::query(
             "DELETE FROM inbox_messages WHERE rowid IN (
-               SELECT rowid FROM inbox_messages WHERE received_at < ? LIMIT ?)",
+               SELECT rowid FROM inbox_messages WHERE received_at < ? LIMIT CAST(? AS INTEGER))",
         )
         .bind(before)
         .bind(i64::from(limit))

@@ -74,21 +74,29 @@ pub(crate) async fn finish(
     replacing: Replacing,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let text = serde_json::to_string(outcome)?;
-    // What the outcome column may hold now: NULL (as '') or `unknown`.
-    let may_replace = match replacing {
-        Replacing::Nothing => "",
-        Replacing::Unknown => crate::store::print_jobs::UNKNOWN,
-    };
+    // What the outcome column may hold now: nothing, or `unknown`. Every
+    // job takes the first case, which has no LIKE: SQLite plans a LIKE with
+    // its pattern's bound value, so it would prepare the statement again on
+    // every run.
     let mut tx = db.begin().await?;
     let n = on_tx!(&mut tx, |e| {
-        sqlx::query(
-            "UPDATE agent_journal SET outcome = $2, outcome_at = $3 \
-             WHERE sale_key = $1 AND COALESCE(outcome, '') LIKE $4",
-        )
+        let q = match replacing {
+            Replacing::Nothing => sqlx::query(
+                "UPDATE agent_journal SET outcome = $2, outcome_at = $3 \
+                 WHERE sale_key = $1 AND outcome IS NULL",
+            ),
+            Replacing::Unknown => sqlx::query(
+                "UPDATE agent_journal SET outcome = $2, outcome_at = $3 \
+                 WHERE sale_key = $1 AND outcome LIKE $4",
+            ),
+        }
         .bind(key)
         .bind(&text)
-        .bind(now_ms())
-        .bind(may_replace)
+        .bind(now_ms());
+        match replacing {
+            Replacing::Nothing => q,
+            Replacing::Unknown => q.bind(crate::store::print_jobs::UNKNOWN),
+        }
         .execute(e)
         .map_ok(|r| r.rows_affected())
     })?;
@@ -143,7 +151,7 @@ pub(crate) async fn received(db: &Db, key: &str) -> Result<Option<PrintJob>, sql
 pub(crate) async fn pending(db: &Db, limit: i64) -> Result<Vec<(String, PrintJob)>, sqlx::Error> {
     let rows: Vec<(String, String)> = on_db!(db, |e| {
         sqlx::query_as(
-        "SELECT saga_id, payload FROM agent_jobs WHERE done = 0 ORDER BY received_at, sale_key LIMIT $1"
+        "SELECT saga_id, payload FROM agent_jobs WHERE done = 0 ORDER BY received_at, sale_key LIMIT CAST($1 AS BIGINT)"
     )
     .bind(limit)
     .fetch_all(e)

@@ -172,7 +172,7 @@ pub(crate) async fn unknown(db: &Db, limit: i64) -> Result<Vec<JobRow>, sqlx::Er
     on_db!(db, |e| async {
         let rows = sqlx::query(
             "SELECT saga_id, payload, outcome FROM app_print_jobs \
-             WHERE status = 'done' AND outcome LIKE $1 ORDER BY updated_at LIMIT $2",
+             WHERE status = 'done' AND outcome LIKE $1 ORDER BY updated_at LIMIT CAST($2 AS BIGINT)",
         )
         .bind(UNKNOWN)
         .bind(limit)
