@@ -240,12 +240,35 @@ macro_rules! shared_sql_store {
                 }
             }
 
-            async fn exists(&self, id: uuid::Uuid) -> Result<bool, $crate::Error> {
-                Ok(sqlx::query($crate::sql::EXISTS)
+            /// Hands an event to a waiting saga on `conn`: a pooled connection or a
+            /// transaction's. One round trip when the saga waits for it.
+            async fn deliver_on(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                id: uuid::Uuid,
+                event: &str,
+                payload: &str,
+                now: i64,
+            ) -> Result<$crate::Delivery, $crate::Error> {
+                let r = sqlx::query(DELIVER)
                     .bind(id.to_string())
-                    .fetch_optional(&self.pool)
+                    .bind(event)
+                    .bind(payload)
+                    .bind(now)
+                    .execute(&mut *conn)
+                    .await?;
+                if r.rows_affected() == 1 {
+                    return Ok($crate::Delivery::Accepted);
+                }
+                let exists = sqlx::query($crate::sql::EXISTS)
+                    .bind(id.to_string())
+                    .fetch_optional(&mut *conn)
                     .await?
-                    .is_some())
+                    .is_some();
+                if exists {
+                    Ok($crate::Delivery::NotWaiting)
+                } else {
+                    Err($crate::Error::NotFound(id))
+                }
             }
 
             async fn get_sql(
@@ -269,7 +292,7 @@ macro_rules! shared_sql_store {
             ) -> Result<Vec<$crate::SagaRecord>, $crate::Error> {
                 let sql = format!(
                     "SELECT {} FROM saga_instances WHERE ($1 IS NULL OR status = $1) \
-                     AND ($2 IS NULL OR name = $2) AND seq >= $3 ORDER BY seq LIMIT $4",
+                     AND ($2 IS NULL OR name = $2) AND seq >= $3 ORDER BY seq LIMIT CAST($4 AS BIGINT)",
                     $crate::sql::SAGA_COLS
                 );
                 let rows = sqlx::query(sqlx::AssertSqlSafe(sql))

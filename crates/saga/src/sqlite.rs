@@ -28,12 +28,15 @@ pub struct SqliteSagaStore {
 
 shared_sql_store!(SqliteSagaStore, Sqlite);
 
+// `LIMIT CAST($3 AS INTEGER)`, not `LIMIT $3`: the bundled SQLite (3.51) plans
+// a bare LIMIT parameter with its bound value, so every execution would
+// prepare the statement again. The same holds for every LIMIT below.
 const CLAIM: &str = "UPDATE saga_instances SET epoch = epoch + 1, lease_until = $2, \
 recovered = in_flight, in_flight = TRUE, status = 'running', updated_at = $1 \
 WHERE id IN (SELECT id FROM saga_instances WHERE status IN ('running', 'waiting') \
 AND NOT paused AND wake_at <= $1 AND lease_until <= $1 \
 AND (name || '@' || version) IN (SELECT value FROM json_each($4)) \
-ORDER BY wake_at LIMIT $3) RETURNING ";
+ORDER BY wake_at LIMIT CAST($3 AS INTEGER)) RETURNING ";
 
 const DELIVER: &str = "UPDATE saga_instances SET event_name = $2, event_payload = $3, \
 status = 'running', wake_at = $4, updated_at = $4 WHERE id = $1 AND status = 'waiting' \
@@ -77,6 +80,28 @@ impl SqliteSagaStore {
     ) -> Result<Started, Error> {
         let new = def.new_saga(key, state, self.clock.now_ms())?;
         Self::start_on(tx, &new).await
+    }
+
+    /// Hands `event` with `payload` to saga `id` inside the caller's transaction, so the
+    /// delivery commits (or not) together with the caller's rows: a consumer records the
+    /// message that brought the event and hands it on in one commit. Otherwise as
+    /// [`Engine::deliver`](crate::Engine::deliver); call [`Engine::wake`](crate::Engine::wake)
+    /// after committing, so this process's workers run the saga at once.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`], [`Error::Serde`], [`Error::Backend`].
+    ///
+    /// # Cancel safety
+    /// Writes only inside `tx`; nothing is visible unless the caller commits.
+    pub async fn deliver_in(
+        &self,
+        tx: &mut Transaction<'_, Sqlite>,
+        id: Uuid,
+        event: &str,
+        payload: &impl serde::Serialize,
+    ) -> Result<Delivery, Error> {
+        let payload = serde_json::to_string(payload)?;
+        Self::deliver_on(tx, id, event, &payload, self.clock.now_ms()).await
     }
 
     async fn begin_immediate(&self) -> Result<Transaction<'static, Sqlite>, Error> {
@@ -209,20 +234,8 @@ impl SagaStore for SqliteSagaStore {
         payload: &str,
         now: i64,
     ) -> Result<Delivery, Error> {
-        let r = sqlx::query(DELIVER)
-            .bind(id.to_string())
-            .bind(event)
-            .bind(payload)
-            .bind(now)
-            .execute(&self.pool)
-            .await?;
-        if r.rows_affected() == 1 {
-            Ok(Delivery::Accepted)
-        } else if self.exists(id).await? {
-            Ok(Delivery::NotWaiting)
-        } else {
-            Err(Error::NotFound(id))
-        }
+        let mut conn = self.pool.acquire().await?;
+        Self::deliver_on(&mut conn, id, event, payload, now).await
     }
 
     async fn get(&self, id: Uuid) -> Result<Option<SagaRecord>, Error> {
