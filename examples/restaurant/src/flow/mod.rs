@@ -145,6 +145,24 @@ impl Sagas {
         }
     }
 
+    /// Hands `event` to saga `id` inside the caller's transaction; call
+    /// `engine().wake()` after the commit.
+    pub(crate) async fn deliver_in(
+        &self,
+        tx: &mut Tx,
+        id: uuid::Uuid,
+        event: &str,
+        payload: &impl serde::Serialize,
+    ) -> Result<counterfoil_saga::Delivery, counterfoil_saga::Error> {
+        match (&self.store, tx) {
+            (Store::Postgres(s), Tx::Postgres(t)) => s.deliver_in(t, id, event, payload).await,
+            (Store::Sqlite(s), Tx::Sqlite(t)) => s.deliver_in(t, id, event, payload).await,
+            _ => Err(counterfoil_saga::Error::Backend(
+                "saga store and transaction differ".into(),
+            )),
+        }
+    }
+
     /// Runs saga workers until `stop`, then finishes the sagas in hand.
     pub(crate) async fn run_workers(
         self,

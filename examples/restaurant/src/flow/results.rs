@@ -1,6 +1,7 @@
 //! The consumer of the agents' reports (cloud side): records a print
 //! outcome or a printer's state, deduplicated by the inbox in the same
-//! transaction, then delivers the outcome to the waiting saga.
+//! transaction, and delivers the outcome to the waiting saga in that
+//! transaction too.
 
 use std::sync::Arc;
 
@@ -103,29 +104,53 @@ impl Results {
             let data = json!({ "job": job.key, "kind": job.kind, "printer": job.printer, "document": document, "outcome": outcome, "by": by });
             events::append(&mut tx, &job.restaurant, &kind, &job.subject, &data).await?;
         }
-        tx.commit().await?;
-        // Deliver even for a duplicate: delivery is idempotent, and the
-        // first attempt may have committed and then died before delivering.
-        let Some(row) = print_jobs::get(&self.db, key).await? else {
-            return Ok(());
+        // Recorded now: the saga gets the outcome in the same commit, so a
+        // crash cannot leave it recorded and undelivered.
+        let event = match outcome {
+            PrintOutcome::Printed { .. } => "receipt.printed",
+            PrintOutcome::NotPrinted { .. } => "receipt.not_printed",
+            PrintOutcome::Unknown { .. } => "receipt.unknown",
         };
         // Reports and cash moves have no saga.
-        if let Ok(saga) = uuid::Uuid::parse_str(&row.saga_id) {
-            let event = match outcome {
-                PrintOutcome::Printed { .. } => "receipt.printed",
-                PrintOutcome::NotPrinted { .. } => "receipt.not_printed",
-                PrintOutcome::Unknown { .. } => "receipt.unknown",
-            };
-            let engine = self.sagas.engine();
-            engine.deliver(saga, event, outcome).await?;
-            // The saga parked on the unknown job: it resumes now, and its
-            // step reconciles from the answer. (Were this lost to a crash,
-            // the operator's retry of the saga does the same.)
-            if resolved && engine.get(saga).await?.status == counterfoil_saga::Status::Parked {
-                match engine.retry_now(saga).await {
-                    Ok(()) | Err(counterfoil_saga::Error::InvalidState { .. }) => {}
-                    Err(e) => return Err(e.into()),
+        let delivered = match &recorded {
+            Some((row, _)) => match uuid::Uuid::parse_str(&row.saga_id) {
+                Ok(saga) => {
+                    self.sagas.deliver_in(&mut tx, saga, event, outcome).await?;
+                    Some(saga)
                 }
+                Err(_) => None,
+            },
+            None => None,
+        };
+        tx.commit().await?;
+        let engine = self.sagas.engine();
+        let saga = match delivered {
+            Some(saga) => {
+                engine.wake();
+                saga
+            }
+            None if recorded.is_some() => return Ok(()),
+            None => {
+                // A report seen before: deliver again, which is harmless,
+                // in case it was recorded by a version that delivered after
+                // its commit and died in between.
+                let Some(row) = print_jobs::get(&self.db, key).await? else {
+                    return Ok(());
+                };
+                let Ok(saga) = uuid::Uuid::parse_str(&row.saga_id) else {
+                    return Ok(());
+                };
+                engine.deliver(saga, event, outcome).await?;
+                saga
+            }
+        };
+        // The saga parked on the unknown job: it resumes now, and its step
+        // reconciles from the answer. (Were this lost to a crash, the
+        // operator's retry of the saga does the same.)
+        if resolved && engine.get(saga).await?.status == counterfoil_saga::Status::Parked {
+            match engine.retry_now(saga).await {
+                Ok(()) | Err(counterfoil_saga::Error::InvalidState { .. }) => {}
+                Err(e) => return Err(e.into()),
             }
         }
         Ok(())
