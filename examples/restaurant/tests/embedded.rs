@@ -45,6 +45,60 @@ async fn payment_ends_as_exactly_one_fiscal_receipt() {
     assert_eq!(journal[0]["amount"], 2500);
 }
 
+/// The 202 for a new payment is built without reading it back; it must
+/// show what a read shows at that moment: its saga, no refunds and the one
+/// `payment.pending` event, with the id a client resumes events from.
+#[tokio::test]
+async fn a_new_payments_answer_matches_a_read_of_it() {
+    let s = embedded("accepted-view", &[]);
+    let (status, p) = s
+        .post(
+            KEY1,
+            "/v1/payments",
+            &order("demo-1", "demo-1-p1", 1200),
+            &[("idempotency-key", "view-1")],
+        )
+        .await;
+    assert_eq!(status, 202, "{p}");
+    assert_eq!(p["status"], "pending");
+    assert_eq!(p["refunds"], json!([]));
+    let journey = p["journey"].as_array().unwrap();
+    assert_eq!(journey.len(), 1, "{p}");
+    assert_eq!(journey[0]["kind"], "payment.pending");
+    let id = p["id"].as_str().unwrap();
+    let (status, read) = s.get(KEY1, &format!("/v1/payments/{id}")).await;
+    assert_eq!(status, 200);
+    assert!(p["saga_id"].is_string(), "{p}");
+    assert_eq!(read["saga_id"], p["saga_id"]);
+    assert_eq!(
+        read["journey"][0], journey[0],
+        "the same event, id and time"
+    );
+    for field in [
+        "amount",
+        "currency",
+        "order_ref",
+        "printer",
+        "lines",
+        "created_at",
+    ] {
+        assert_eq!(read[field], p[field], "{field}");
+    }
+    // A printer the restaurant does not have is refused before anything
+    // is stored.
+    let (status, problem) = s
+        .post(
+            KEY1,
+            "/v1/payments",
+            &order("demo-1", "demo-2-p1", 1200),
+            &[("idempotency-key", "view-2")],
+        )
+        .await;
+    assert_eq!(status, 422, "{problem}");
+    let (_, page) = s.get(KEY1, "/v1/payments").await;
+    assert_eq!(page["items"].as_array().map(Vec::len), Some(1), "{page}");
+}
+
 #[tokio::test]
 async fn refund_ends_with_a_reversal_receipt() {
     let s = embedded("refund", &[]);

@@ -202,14 +202,30 @@ pub(crate) async fn view(state: &AppState, p: PaymentRow) -> Result<Payment, Pro
     let journey = events::for_subject(&state.db, &p.restaurant, &p.id)
         .await?
         .into_iter()
-        .map(|e| crate::domain::JourneyStep {
-            id: e.id,
-            kind: e.kind,
-            at: e.at,
-            detail: e.data,
-        })
+        .map(journey_step)
         .collect();
-    Ok(Payment {
+    Ok(to_api(p, refunds, journey))
+}
+
+fn journey_step(e: events::Event) -> crate::domain::JourneyStep {
+    crate::domain::JourneyStep {
+        id: e.id,
+        kind: e.kind,
+        at: e.at,
+        detail: e.data,
+    }
+}
+
+fn no_printer(printer: &str) -> Problem {
+    Problem::unprocessable(format!("restaurant has no printer `{printer}`"))
+}
+
+fn to_api(
+    p: PaymentRow,
+    refunds: Vec<crate::domain::Refund>,
+    journey: Vec<crate::domain::JourneyStep>,
+) -> Payment {
+    Payment {
         url: format!("/v1/payments/{}", p.id),
         id: p.id,
         restaurant: p.restaurant,
@@ -228,7 +244,7 @@ pub(crate) async fn view(state: &AppState, p: PaymentRow) -> Result<Payment, Pro
         journey,
         created_at: p.created_at,
         updated_at: p.updated_at,
-    })
+    }
 }
 
 /// Waits until the payment reaches a final status or `secs` pass.
@@ -333,15 +349,8 @@ pub(crate) async fn create(
         ));
     }
     validate(&req)?;
-    if !is_valid_id(&req.printer)
-        || printers::get(&state.db, Some(&restaurant), &req.printer)
-            .await?
-            .is_none()
-    {
-        return Err(Problem::unprocessable(format!(
-            "restaurant has no printer `{}`",
-            req.printer
-        )));
+    if !is_valid_id(&req.printer) {
+        return Err(no_printer(&req.printer));
     }
     let now = now_ms();
     let row = PaymentRow {
@@ -365,11 +374,19 @@ pub(crate) async fn create(
         created_at: now,
         updated_at: now,
     };
-    // One transaction: the payment, its first event and the saga start.
+    // One transaction: the printer check, the payment, its first event and
+    // the saga start.
     let mut tx = state.db.begin().await?;
+    if printers::get_in(&mut tx, Some(&restaurant), &row.printer)
+        .await?
+        .is_none()
+    {
+        return Err(no_printer(&row.printer));
+    }
+    let wait = prefer_wait(&headers);
     let (stored, replayed) = match payments::insert(&mut tx, &row).await? {
         Inserted::New => {
-            events::append(
+            let first = events::append(
                 &mut tx,
                 &restaurant,
                 "payment.pending",
@@ -401,6 +418,14 @@ pub(crate) async fn create(
             state.sagas.engine().wake();
             metrics::counter!("payments_accepted_total").increment(1);
             tracing::info!(payment = %row.id, amount = row.amount, "payment accepted");
+            let mut row = row;
+            row.saga_id = Some(started.id.to_string());
+            if wait.is_none_or(|n| n == 0) {
+                // Just accepted: no refunds, one event, the saga not yet
+                // run. Nothing to read back.
+                let body = to_api(row, Vec::new(), vec![journey_step(first)]);
+                return Ok(with_location(StatusCode::ACCEPTED, &body, false, wait));
+            }
             (row, false)
         }
         Inserted::Existing(existing) => {
@@ -414,7 +439,6 @@ pub(crate) async fn create(
             (*existing, true)
         }
     };
-    let wait = prefer_wait(&headers);
     let current = match wait {
         Some(n) if n > 0 => wait_final(&state, &restaurant, &stored.id, n)
             .await?

@@ -2,7 +2,6 @@
 //! same transaction as the change itself. `GET /v1/events` streams it and a
 //! client resumes from the last id it saw.
 
-use futures::TryFutureExt;
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -36,27 +35,36 @@ fn decode(r: &impl Get) -> Result<Event, sqlx::Error> {
     })
 }
 
-/// Appends an event inside the caller's transaction.
+/// Appends an event inside the caller's transaction and returns it.
 pub(crate) async fn append(
     tx: &mut impl AsConn,
     restaurant: &str,
     kind: &str,
     subject: &str,
     data: &serde_json::Value,
-) -> Result<(), sqlx::Error> {
-    let data = data.to_string();
-    on_tx!(tx, |e| {
-        sqlx::query(
-        "INSERT INTO app_events (restaurant_id, kind, subject, data, at) VALUES ($1, $2, $3, $4, $5)"
-    )
-    .bind(restaurant)
-    .bind(kind)
-    .bind(subject)
-    .bind(&data)
-    .bind(now_ms())
-    .execute(e).map_ok(|r| r.rows_affected())
+) -> Result<Event, sqlx::Error> {
+    let text = data.to_string();
+    let at = now_ms();
+    let id = on_tx!(tx, |e| {
+        sqlx::query_scalar::<_, i64>(
+            "INSERT INTO app_events (restaurant_id, kind, subject, data, at) \
+             VALUES ($1, $2, $3, $4, $5) RETURNING id",
+        )
+        .bind(restaurant)
+        .bind(kind)
+        .bind(subject)
+        .bind(&text)
+        .bind(at)
+        .fetch_one(e)
     })?;
-    Ok(())
+    Ok(Event {
+        id,
+        restaurant: restaurant.to_owned(),
+        kind: kind.to_owned(),
+        subject: subject.to_owned(),
+        at,
+        data: data.clone(),
+    })
 }
 
 /// Events of `restaurant` (all restaurants for `None`) with id > `after`,
@@ -70,7 +78,7 @@ pub(crate) async fn after(
     on_db!(db, |e| async move {
         let rows = sqlx::query(
             "SELECT id, restaurant_id, kind, subject, data, at FROM app_events \
-             WHERE id > $1 AND ($2 IS NULL OR restaurant_id = $2) ORDER BY id LIMIT $3",
+             WHERE id > $1 AND ($2 IS NULL OR restaurant_id = $2) ORDER BY id LIMIT CAST($3 AS BIGINT)",
         )
         .bind(after)
         .bind(restaurant)

@@ -155,7 +155,7 @@ pub(crate) async fn list(
         "SELECT ",
         columns!(),
         " FROM app_payments WHERE restaurant_id = $1 AND ($2 IS NULL OR status = $2) \
-         AND ($3 IS NULL OR id < $3) ORDER BY id DESC LIMIT $4"
+         AND ($3 IS NULL OR id < $3) ORDER BY id DESC LIMIT CAST($4 AS BIGINT)"
     );
     let status = status.map(|s| s.as_str());
     on_db!(db, |e| async {
@@ -262,7 +262,9 @@ pub(crate) async fn set_status_with_event(
         Conn::Postgres(c) => {
             let mut c = Conn::Postgres(c);
             set_status(&mut c, id, status, change).await?;
-            events::append(&mut c, restaurant, &kind, id, data).await
+            events::append(&mut c, restaurant, &kind, id, data)
+                .await
+                .map(drop)
         }
         Conn::Sqlite(c) => {
             let receipt = encode_receipt(&change)?;
