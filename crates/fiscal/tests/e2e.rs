@@ -477,11 +477,14 @@ async fn journal_is_appended_beside_the_state_file_and_survives_a_torn_line() {
     let before = sim.state();
     assert_eq!(before.ej.len(), 3);
     sim.shutdown();
-    // The state file holds the counters, not the journal; the journal file
-    // one line per entry.
-    let state: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("device.json")).unwrap()).unwrap();
-    assert_eq!(state["ej"], serde_json::json!([]));
+    // The state file holds the counters, not the journal, a line per
+    // change; the journal file one line per entry.
+    let text = std::fs::read_to_string(dir.join("device.json")).unwrap();
+    assert!(text.lines().count() > 3, "{text}");
+    for line in text.lines() {
+        let state: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(state["ej"], serde_json::json!([]));
+    }
     let ej_file = dir.join("device.ej.jsonl");
     assert_eq!(
         std::fs::read_to_string(&ej_file).unwrap().lines().count(),
@@ -509,6 +512,50 @@ async fn journal_is_appended_beside_the_state_file_and_survives_a_torn_line() {
         3
     );
     sim2.shutdown();
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[tokio::test]
+async fn state_file_appends_a_line_per_change_skips_a_torn_one_and_stays_short() {
+    let dir = temp_dir("state-log");
+    let path = dir.join("device.json");
+    let mut cfg = sim_config(Dialect::X);
+    cfg.state_file = Some(path.clone());
+    let sim = Simulator::start(cfg.clone()).await.unwrap();
+    let lines = || std::fs::read_to_string(&path).unwrap().lines().count();
+    let first = sim.state().last_doc_no;
+    for _ in 0..10 {
+        sim.cash_at_keypad(Money(100)).unwrap();
+    }
+    assert_eq!(lines(), 10);
+    // Many more changes: the file is started over every 256 lines.
+    for _ in 0..600 {
+        sim.cash_at_keypad(Money(100)).unwrap();
+    }
+    assert!(lines() <= 256, "{} lines", lines());
+    let before = sim.state();
+    assert_eq!(before.last_doc_no, first + 610);
+    sim.shutdown();
+    // A crash in the middle of a line: the line before it is the state.
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    std::io::Write::write_all(&mut f, b"{\"dialect\":\"X\",\"model").unwrap();
+    drop(f);
+    cfg.addr = "127.0.0.1:0".into();
+    let sim2 = Simulator::start(cfg.clone()).await.unwrap();
+    assert_eq!(sim2.state(), before);
+    // Rewritten at start with that state alone, then appended to again.
+    assert_eq!(lines(), 1);
+    sim2.cash_at_keypad(Money(50)).unwrap();
+    sim2.power_cycle();
+    assert_eq!(sim2.state().last_doc_no, first + 611);
+    sim2.shutdown();
+    // A file with no line that decodes is an error, not a fresh device.
+    std::fs::write(&path, b"{\"dialect\":").unwrap();
+    cfg.addr = "127.0.0.1:0".into();
+    assert!(Simulator::start(cfg).await.is_err());
     std::fs::remove_dir_all(dir).ok();
 }
 

@@ -44,9 +44,11 @@ pub struct SimConfig {
     pub dialect: Dialect,
     /// Listen address. Default: `127.0.0.1:0` (a free port).
     pub addr: String,
-    /// File the device state is persisted to after every change; a power
-    /// cycle restarts from it. The electronic journal goes beside it, one
-    /// JSON line per entry appended (`<name>.ej.jsonl`), so each change
+    /// File the device state is persisted to after every change, one JSON
+    /// line appended per change (the file is rewritten with its last line at
+    /// start and every 256 lines; a line cut short by a crash is skipped); a
+    /// power cycle restarts from it. The electronic journal goes beside it,
+    /// one JSON line per entry appended (`<name>.ej.jsonl`), so each change
     /// writes the counters and not the whole day's journal. Default: none
     /// (state kept in memory, which also survives a simulated power cycle).
     pub state_file: Option<PathBuf>,
@@ -118,6 +120,8 @@ struct Core {
     device: DeviceState,
     /// Entries of `device.ej` already appended to the journal file.
     ej_saved: usize,
+    /// The state file, open for appending, and the lines it holds.
+    state_log: Option<(std::fs::File, usize)>,
     faults: Pending,
     last: Option<(u8, Vec<u8>)>,
     transcript: VecDeque<TranscriptEntry>,
@@ -172,6 +176,7 @@ impl Simulator {
             core: Mutex::new(Core {
                 device,
                 ej_saved,
+                state_log: None,
                 faults: Pending::default(),
                 last: None,
                 transcript: VecDeque::new(),
@@ -332,12 +337,39 @@ fn ej_path(state: &Path) -> PathBuf {
     state.with_extension("ej.jsonl")
 }
 
-/// Reads a state file and its journal file. Journal lines for documents the
-/// state never recorded (the process died between the two writes) and a last
+/// The state file is rewritten with its last line once it holds this many:
+/// a change appends a line, which costs one `write` instead of a new file
+/// and a rename over the old one (a flush on ext4) per command.
+const STATE_LOG_LINES: usize = 256;
+
+/// Reads a state file and its journal file. The state is the file's last
+/// line that decodes (a line cut short by a crash is skipped); the file is
+/// rewritten with that line alone. Journal lines for documents the state
+/// never recorded (the process died between the two writes) and a last
 /// line cut short are dropped, and the journal file is rewritten to match.
 fn load(path: &Path) -> Result<DeviceState, Error> {
     let bytes = std::fs::read(path)?;
-    let mut dev: DeviceState = serde_json::from_slice(&bytes).map_err(Error::backend)?;
+    let mut last = None;
+    let mut first_error = None;
+    for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        match serde_json::from_slice::<DeviceState>(line) {
+            Ok(d) => last = Some(d),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    let mut dev = match (last, first_error) {
+        (Some(d), _) => d,
+        (None, Some(e)) => return Err(Error::backend(e)),
+        (None, None) => {
+            return Err(Error::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("state file {} is empty", path.display()),
+            )));
+        }
+    };
+    write_state(path, &state_line(&mut dev)?)?;
     let ej = ej_path(path);
     if let Ok(text) = std::fs::read_to_string(&ej) {
         for line in text.lines() {
@@ -349,6 +381,23 @@ fn load(path: &Path) -> Result<DeviceState, Error> {
     }
     write_ej(&ej, &dev.ej)?;
     Ok(dev)
+}
+
+/// `dev` without its journal, as one line.
+fn state_line(dev: &mut DeviceState) -> std::io::Result<Vec<u8>> {
+    let ej = std::mem::take(&mut dev.ej);
+    let line = serde_json::to_vec(dev).map_err(std::io::Error::other);
+    dev.ej = ej;
+    let mut line = line?;
+    line.push(b'\n');
+    Ok(line)
+}
+
+/// Replaces the state file with `line`.
+fn write_state(path: &Path, line: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, line)?;
+    std::fs::rename(&tmp, path)
 }
 
 fn ej_lines(entries: &[EjEntry]) -> std::io::Result<Vec<u8>> {
@@ -366,17 +415,18 @@ fn write_ej(path: &Path, entries: &[EjEntry]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// Appends the journal's new entries, then replaces the state file (without
-/// the journal) whole.
+/// Appends the journal's new entries, then the state (without the journal)
+/// as a line of the state file, which is rewritten with that line alone at
+/// the first change and every [`STATE_LOG_LINES`] lines.
 fn persist(shared: &Shared, core: &mut Core) {
     let Some(path) = &shared.cfg.state_file else {
         return;
     };
     let res = (|| -> std::io::Result<()> {
+        use std::io::Write as _;
         if let Some(new) = core.device.ej.get(core.ej_saved..)
             && !new.is_empty()
         {
-            use std::io::Write as _;
             std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
@@ -384,20 +434,32 @@ fn persist(shared: &Shared, core: &mut Core) {
                 .write_all(&ej_lines(new)?)?;
         }
         core.ej_saved = core.device.ej.len();
-        let ej = std::mem::take(&mut core.device.ej);
-        let bytes = serde_json::to_vec(&core.device).map_err(std::io::Error::other);
-        core.device.ej = ej;
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, bytes?)?;
-        std::fs::rename(&tmp, path)
+        let line = state_line(&mut core.device)?;
+        match &mut core.state_log {
+            Some((file, lines)) if *lines < STATE_LOG_LINES => {
+                file.write_all(&line)?;
+                *lines += 1;
+            }
+            log => {
+                *log = None;
+                write_state(path, &line)?;
+                let file = std::fs::OpenOptions::new().append(true).open(path)?;
+                *log = Some((file, 1));
+            }
+        }
+        Ok(())
     })();
     if let Err(e) = res {
+        // Start the file over at the next change.
+        core.state_log = None;
         tracing::warn!("simulator could not persist its state: {e}");
     }
 }
 
 fn power_cycle(shared: &Shared, core: &mut Core) {
     persist(shared, core);
+    // `load` replaces the file: the next change opens it again.
+    core.state_log = None;
     if let Some(path) = &shared.cfg.state_file
         && let Ok(dev) = load(path)
     {
