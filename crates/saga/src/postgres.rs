@@ -236,28 +236,6 @@ impl PgSagaStore {
         Self::start_on(tx, &new).await
     }
 
-    /// Hands `event` with `payload` to saga `id` inside the caller's transaction, so the
-    /// delivery commits (or not) together with the caller's rows: a consumer records the
-    /// message that brought the event and hands it on in one commit. Otherwise as
-    /// [`Engine::deliver`](crate::Engine::deliver); call [`Engine::wake`](crate::Engine::wake)
-    /// after committing, so this process's workers run the saga at once.
-    ///
-    /// # Errors
-    /// [`Error::NotFound`], [`Error::Serde`], [`Error::Backend`].
-    ///
-    /// # Cancel safety
-    /// Writes only inside `tx`; nothing is visible unless the caller commits.
-    pub async fn deliver_in(
-        &self,
-        tx: &mut Transaction<'_, Postgres>,
-        id: Uuid,
-        event: &str,
-        payload: &impl serde::Serialize,
-    ) -> Result<Delivery, Error> {
-        let payload = serde_json::to_string(payload)?;
-        Self::deliver_on(tx, id, event, &payload, self.clock.now_ms()).await
-    }
-
     async fn checkpoint_on(
         tx: &mut Transaction<'static, Postgres>,
         cp: &Checkpoint,

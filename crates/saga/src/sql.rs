@@ -240,6 +240,31 @@ macro_rules! shared_sql_store {
                 }
             }
 
+            /// Hands `event` with `payload` to saga `id` inside the caller's transaction,
+            /// so the delivery commits (or not) together with the caller's rows: a
+            /// consumer records the message that brought the event and hands it on in
+            /// one commit. Otherwise as [`Engine::deliver`](crate::Engine::deliver);
+            /// call [`Engine::wake`](crate::Engine::wake) after committing, so this
+            /// process's workers run the saga at once.
+            ///
+            /// # Errors
+            /// [`Error::NotFound`](crate::Error::NotFound),
+            /// [`Error::Serde`](crate::Error::Serde),
+            /// [`Error::Backend`](crate::Error::Backend).
+            ///
+            /// # Cancel safety
+            /// Writes only inside `tx`; nothing is visible unless the caller commits.
+            pub async fn deliver_in(
+                &self,
+                tx: &mut sqlx::Transaction<'_, $db>,
+                id: uuid::Uuid,
+                event: &str,
+                payload: &impl serde::Serialize,
+            ) -> Result<$crate::Delivery, $crate::Error> {
+                let payload = serde_json::to_string(payload)?;
+                Self::deliver_on(tx, id, event, &payload, self.clock.now_ms()).await
+            }
+
             /// Hands an event to a waiting saga on `conn`: a pooled connection or a
             /// transaction's. One round trip when the saga waits for it.
             async fn deliver_on(

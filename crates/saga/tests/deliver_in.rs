@@ -67,64 +67,75 @@ async fn paid_with(engine: &Engine, id: Uuid) -> Option<String> {
         .paid_with
 }
 
+/// The same steps on either backend: a delivery rolled back changes nothing;
+/// one committed with the caller's own row completes the saga with its
+/// payload; a second in the same wait is not taken; an unknown saga is
+/// `NotFound`.
+macro_rules! delivery_commits_with_the_callers_transaction {
+    ($pool:expr, $store:expr) => {{
+        let (pool, store) = ($pool, $store);
+        let clock = ManualClock::default();
+        let store = store.with_clock(Arc::new(clock.clone()));
+        let def = definition();
+        let h = Harness::new(
+            Engine::builder(Arc::new(store.clone())).register(def.clone()),
+            clock,
+        )
+        .await
+        .unwrap();
+        let id = waiting(&h, &def, "a").await;
+
+        // Rolled back: the saga still waits, as if nothing came.
+        let mut tx = pool.begin().await.unwrap();
+        let d = store
+            .deliver_in(&mut tx, id, "paid", &"card")
+            .await
+            .unwrap();
+        assert_eq!(d, Delivery::Accepted);
+        tx.rollback().await.unwrap();
+        h.run_until_idle().await.unwrap();
+        assert_eq!(h.status(id).await.unwrap(), Status::Waiting);
+
+        // Committed with the caller's own row.
+        let mut tx = pool.begin().await.unwrap();
+        sqlx::query("CREATE TABLE receipts (k TEXT PRIMARY KEY)")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        sqlx::query("INSERT INTO receipts VALUES ('a')")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        let d = store
+            .deliver_in(&mut tx, id, "paid", &"cash")
+            .await
+            .unwrap();
+        assert_eq!(d, Delivery::Accepted);
+        // Once per wait: a second event in the same transaction is not taken.
+        let d = store
+            .deliver_in(&mut tx, id, "paid", &"card")
+            .await
+            .unwrap();
+        assert_eq!(d, Delivery::NotWaiting);
+        assert!(matches!(
+            store
+                .deliver_in(&mut tx, Uuid::new_v4(), "paid", &"card")
+                .await,
+            Err(Error::NotFound(_))
+        ));
+        tx.commit().await.unwrap();
+        h.engine().wake();
+        h.run_until_idle().await.unwrap();
+        assert_eq!(h.status(id).await.unwrap(), Status::Completed);
+        assert_eq!(paid_with(h.engine(), id).await.as_deref(), Some("cash"));
+        pool.close().await;
+    }};
+}
+
 #[tokio::test]
 async fn sqlite_delivery_commits_with_the_callers_transaction() {
     let (pool, path) = common::sqlite_pool(1).await;
-    let clock = ManualClock::default();
-    let store = SqliteSagaStore::new(pool.clone()).with_clock(Arc::new(clock.clone()));
-    let def = definition();
-    let h = Harness::new(
-        Engine::builder(Arc::new(store.clone())).register(def.clone()),
-        clock,
-    )
-    .await
-    .unwrap();
-    let id = waiting(&h, &def, "a").await;
-
-    // Rolled back: the saga still waits, as if nothing came.
-    let mut tx = pool.begin().await.unwrap();
-    let d = store
-        .deliver_in(&mut tx, id, "paid", &"card")
-        .await
-        .unwrap();
-    assert_eq!(d, Delivery::Accepted);
-    tx.rollback().await.unwrap();
-    h.run_until_idle().await.unwrap();
-    assert_eq!(h.status(id).await.unwrap(), Status::Waiting);
-
-    // Committed with the caller's own row.
-    let mut tx = pool.begin().await.unwrap();
-    sqlx::query("CREATE TABLE receipts (k TEXT PRIMARY KEY)")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    sqlx::query("INSERT INTO receipts VALUES ('a')")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    let d = store
-        .deliver_in(&mut tx, id, "paid", &"cash")
-        .await
-        .unwrap();
-    assert_eq!(d, Delivery::Accepted);
-    // Once per wait: a second event in the same transaction is not taken.
-    let d = store
-        .deliver_in(&mut tx, id, "paid", &"card")
-        .await
-        .unwrap();
-    assert_eq!(d, Delivery::NotWaiting);
-    assert!(matches!(
-        store
-            .deliver_in(&mut tx, Uuid::new_v4(), "paid", &"card")
-            .await,
-        Err(Error::NotFound(_))
-    ));
-    tx.commit().await.unwrap();
-    h.engine().wake();
-    h.run_until_idle().await.unwrap();
-    assert_eq!(h.status(id).await.unwrap(), Status::Completed);
-    assert_eq!(paid_with(h.engine(), id).await.as_deref(), Some("cash"));
-    pool.close().await;
+    delivery_commits_with_the_callers_transaction!(pool.clone(), SqliteSagaStore::new(pool));
     let _ = std::fs::remove_file(path);
 }
 
@@ -132,49 +143,6 @@ async fn sqlite_delivery_commits_with_the_callers_transaction() {
 async fn postgres_delivery_commits_with_the_callers_transaction() {
     let Some(url) = common::pg_url() else { return };
     let (pool, schema) = common::pg_pool(&url, 4).await;
-    let clock = ManualClock::default();
-    let store = PgSagaStore::new(pool.clone()).with_clock(Arc::new(clock.clone()));
-    let def = definition();
-    let h = Harness::new(
-        Engine::builder(Arc::new(store.clone())).register(def.clone()),
-        clock,
-    )
-    .await
-    .unwrap();
-    let id = waiting(&h, &def, "a").await;
-
-    let mut tx = pool.begin().await.unwrap();
-    let d = store
-        .deliver_in(&mut tx, id, "paid", &"card")
-        .await
-        .unwrap();
-    assert_eq!(d, Delivery::Accepted);
-    tx.rollback().await.unwrap();
-    h.run_until_idle().await.unwrap();
-    assert_eq!(h.status(id).await.unwrap(), Status::Waiting);
-
-    let mut tx = pool.begin().await.unwrap();
-    let d = store
-        .deliver_in(&mut tx, id, "paid", &"cash")
-        .await
-        .unwrap();
-    assert_eq!(d, Delivery::Accepted);
-    let d = store
-        .deliver_in(&mut tx, id, "paid", &"card")
-        .await
-        .unwrap();
-    assert_eq!(d, Delivery::NotWaiting);
-    tx.commit().await.unwrap();
-    assert!(matches!(
-        store
-            .deliver_in(&mut pool.begin().await.unwrap(), Uuid::new_v4(), "paid", &1)
-            .await,
-        Err(Error::NotFound(_))
-    ));
-    h.engine().wake();
-    h.run_until_idle().await.unwrap();
-    assert_eq!(h.status(id).await.unwrap(), Status::Completed);
-    assert_eq!(paid_with(h.engine(), id).await.as_deref(), Some("cash"));
-    pool.close().await;
+    delivery_commits_with_the_callers_transaction!(pool.clone(), PgSagaStore::new(pool));
     common::pg_drop(&url, &schema).await;
 }
