@@ -70,6 +70,20 @@ pub(crate) struct Sagas {
     refund: Definition<RefundSaga>,
 }
 
+/// Runs `$call` with the backend's saga store `$s` and transaction `$t`, or
+/// fails when the store and the transaction are of different backends.
+macro_rules! in_tx {
+    ($sagas:expr, $tx:expr, |$s:ident, $t:ident| $call:expr) => {
+        match (&$sagas.store, $tx) {
+            (Store::Postgres($s), Tx::Postgres($t)) => $call.await,
+            (Store::Sqlite($s), Tx::Sqlite($t)) => $call.await,
+            _ => Err(counterfoil_saga::Error::Backend(
+                "saga store and transaction differ".into(),
+            )),
+        }
+    };
+}
+
 impl Sagas {
     /// Builds the engine on the server database (migrating the saga
     /// tables) with both definitions registered.
@@ -118,15 +132,7 @@ impl Sagas {
         state: &PaymentSaga,
     ) -> Result<Started, counterfoil_saga::Error> {
         let key = state.payment_id.clone();
-        match (&self.store, tx) {
-            (Store::Postgres(s), Tx::Postgres(t)) => {
-                s.start_in(t, &self.payment, &key, state).await
-            }
-            (Store::Sqlite(s), Tx::Sqlite(t)) => s.start_in(t, &self.payment, &key, state).await,
-            _ => Err(counterfoil_saga::Error::Backend(
-                "saga store and transaction differ".into(),
-            )),
-        }
+        in_tx!(self, tx, |s, t| s.start_in(t, &self.payment, &key, state))
     }
 
     /// Starts a refund saga inside the caller's transaction.
@@ -136,13 +142,7 @@ impl Sagas {
         state: &RefundSaga,
     ) -> Result<Started, counterfoil_saga::Error> {
         let key = state.refund_id.clone();
-        match (&self.store, tx) {
-            (Store::Postgres(s), Tx::Postgres(t)) => s.start_in(t, &self.refund, &key, state).await,
-            (Store::Sqlite(s), Tx::Sqlite(t)) => s.start_in(t, &self.refund, &key, state).await,
-            _ => Err(counterfoil_saga::Error::Backend(
-                "saga store and transaction differ".into(),
-            )),
-        }
+        in_tx!(self, tx, |s, t| s.start_in(t, &self.refund, &key, state))
     }
 
     /// Hands `event` to saga `id` inside the caller's transaction; call
@@ -154,13 +154,7 @@ impl Sagas {
         event: &str,
         payload: &impl serde::Serialize,
     ) -> Result<counterfoil_saga::Delivery, counterfoil_saga::Error> {
-        match (&self.store, tx) {
-            (Store::Postgres(s), Tx::Postgres(t)) => s.deliver_in(t, id, event, payload).await,
-            (Store::Sqlite(s), Tx::Sqlite(t)) => s.deliver_in(t, id, event, payload).await,
-            _ => Err(counterfoil_saga::Error::Backend(
-                "saga store and transaction differ".into(),
-            )),
-        }
+        in_tx!(self, tx, |s, t| s.deliver_in(t, id, event, payload))
     }
 
     /// Runs saga workers until `stop`, then finishes the sagas in hand.
