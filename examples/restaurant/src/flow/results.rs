@@ -112,37 +112,31 @@ impl Results {
             PrintOutcome::Unknown { .. } => "receipt.unknown",
         };
         // Reports and cash moves have no saga.
-        let delivered = match &recorded {
-            Some((row, _)) => match uuid::Uuid::parse_str(&row.saga_id) {
-                Ok(saga) => {
-                    self.sagas.deliver_in(&mut tx, saga, event, outcome).await?;
-                    Some(saga)
-                }
-                Err(_) => None,
-            },
-            None => None,
-        };
-        tx.commit().await?;
+        let saga_of = |row: &print_jobs::JobRow| uuid::Uuid::parse_str(&row.saga_id).ok();
         let engine = self.sagas.engine();
-        let saga = match delivered {
-            Some(saga) => {
-                engine.wake();
-                saga
+        let saga = if let Some((row, _)) = &recorded {
+            let saga = saga_of(row);
+            if let Some(saga) = saga {
+                self.sagas.deliver_in(&mut tx, saga, event, outcome).await?;
             }
-            None if recorded.is_some() => return Ok(()),
-            None => {
-                // A report seen before: deliver again, which is harmless,
-                // in case it was recorded by a version that delivered after
-                // its commit and died in between.
-                let Some(row) = print_jobs::get(&self.db, key).await? else {
-                    return Ok(());
-                };
-                let Ok(saga) = uuid::Uuid::parse_str(&row.saga_id) else {
-                    return Ok(());
-                };
-                engine.deliver(saga, event, outcome).await?;
-                saga
-            }
+            tx.commit().await?;
+            let Some(saga) = saga else { return Ok(()) };
+            engine.wake();
+            saga
+        } else {
+            tx.commit().await?;
+            // A report seen before: deliver again, which is harmless, in
+            // case it was recorded by a version that delivered after its
+            // commit and died in between.
+            let Some(saga) = print_jobs::get(&self.db, key)
+                .await?
+                .as_ref()
+                .and_then(saga_of)
+            else {
+                return Ok(());
+            };
+            engine.deliver(saga, event, outcome).await?;
+            saga
         };
         // The saga parked on the unknown job: it resumes now, and its step
         // reconciles from the answer. (Were this lost to a crash, the
