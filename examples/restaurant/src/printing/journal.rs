@@ -78,27 +78,25 @@ pub(crate) async fn finish(
     // job takes the first case, which has no LIKE: SQLite plans a LIKE with
     // its pattern's bound value, so it would prepare the statement again on
     // every run.
+    let (sql, pattern) = match replacing {
+        Replacing::Nothing => (
+            "UPDATE agent_journal SET outcome = $2, outcome_at = $3 \
+             WHERE sale_key = $1 AND outcome IS NULL",
+            None,
+        ),
+        Replacing::Unknown => (
+            "UPDATE agent_journal SET outcome = $2, outcome_at = $3 \
+             WHERE sale_key = $1 AND outcome LIKE $4",
+            Some(crate::store::print_jobs::UNKNOWN),
+        ),
+    };
     let mut tx = db.begin().await?;
     let n = on_tx!(&mut tx, |e| {
-        let q = match replacing {
-            Replacing::Nothing => sqlx::query(
-                "UPDATE agent_journal SET outcome = $2, outcome_at = $3 \
-                 WHERE sale_key = $1 AND outcome IS NULL",
-            ),
-            Replacing::Unknown => sqlx::query(
-                "UPDATE agent_journal SET outcome = $2, outcome_at = $3 \
-                 WHERE sale_key = $1 AND outcome LIKE $4",
-            ),
+        let mut q = sqlx::query(sql).bind(key).bind(&text).bind(now_ms());
+        if let Some(pattern) = pattern {
+            q = q.bind(pattern);
         }
-        .bind(key)
-        .bind(&text)
-        .bind(now_ms());
-        match replacing {
-            Replacing::Nothing => q,
-            Replacing::Unknown => q.bind(crate::store::print_jobs::UNKNOWN),
-        }
-        .execute(e)
-        .map_ok(|r| r.rows_affected())
+        q.execute(e).map_ok(|r| r.rows_affected())
     })?;
     on_tx!(&mut tx, |e| sqlx::query(
         "UPDATE agent_jobs SET done = 1 WHERE sale_key = $1"
