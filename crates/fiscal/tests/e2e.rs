@@ -552,10 +552,17 @@ async fn state_file_appends_a_line_per_change_skips_a_torn_one_and_stays_short()
     sim2.power_cycle();
     assert_eq!(sim2.state().last_doc_no, first + 611);
     sim2.shutdown();
-    // A file with no line that decodes is an error, not a fresh device.
-    std::fs::write(&path, b"{\"dialect\":").unwrap();
-    cfg.addr = "127.0.0.1:0".into();
-    assert!(Simulator::start(cfg).await.is_err());
+    // A file with no line that decodes, or no line at all, is an error,
+    // not a fresh device.
+    for bad in [&b"{\"dialect\":"[..], b"", b"\n\n"] {
+        std::fs::write(&path, bad).unwrap();
+        cfg.addr = "127.0.0.1:0".into();
+        assert!(
+            Simulator::start(cfg.clone()).await.is_err(),
+            "{:?}",
+            String::from_utf8_lossy(bad)
+        );
+    }
     std::fs::remove_dir_all(dir).ok();
 }
 
