@@ -204,6 +204,7 @@ async fn separate_roles_on_postgres_finish_every_payment_exactly_once() {
     // Tenant isolation holds across processes too.
     let (id1, _) = ids.iter().find(|(_, k)| **k == KEY1).unwrap();
     assert_eq!(serve.get(KEY2, &format!("/v1/payments/{id1}")).await.0, 404);
+    late_reports_change_nothing(&serve, &db, &amqp, &prefix, id1).await;
     drop(agent1);
     delete_topology(&amqp, &prefix).await;
 }
@@ -328,6 +329,88 @@ async fn wait_for_log(dir: &std::path::Path, needle: &str) {
 }
 
 /// Deletes this run's queues and exchanges.
+/// Reports for a job already recorded, each one sent twice as RabbitMQ
+/// can redeliver it: a later "unknown" and a later "not printed" for a
+/// receipt that printed. The consumer takes them (inbox rows), and the
+/// payment keeps its receipt: no park, no second outcome in its journey,
+/// its saga still completed.
+async fn late_reports_change_nothing(
+    serve: &Server,
+    db: &str,
+    amqp: &str,
+    prefix: &str,
+    payment: &str,
+) {
+    use counterfoil_outbox::{AmqpPublisher, Destination, OutboxMessage, Publisher};
+    let path = format!("/v1/payments/{payment}");
+    let (_, before) = serve.get(KEY1, &path).await;
+    let printed = |p: &Value| {
+        p["journey"]
+            .as_array()
+            .unwrap()
+            .iter()
+            // Outcomes of the sale's receipt jobs (a refund's reversal is
+            // in the journey too).
+            .filter(|e| {
+                e["kind"]
+                    .as_str()
+                    .is_some_and(|k| k.starts_with("receipt."))
+                    && e["detail"]["kind"] == "receipt"
+            })
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let outcomes = printed(&before);
+    assert_eq!(outcomes.len(), 1, "{before}");
+    assert_eq!(outcomes[0]["kind"], "receipt.printed");
+    let job = outcomes[0]["detail"]["job"].as_str().unwrap().to_owned();
+    let printer = before["receipt"]["printer"].as_str().unwrap().to_owned();
+    let publisher = AmqpPublisher::builder(amqp).build().unwrap();
+    let dest = Destination::new(format!("{prefix}.results"), format!("outcome.{printer}"));
+    let mut ids = Vec::new();
+    for outcome in [
+        json!({ "result": "unknown", "detail": "late report" }),
+        json!({ "result": "not_printed", "detail": "late report" }),
+    ] {
+        let body = json!({ "type": "outcome", "key": job, "outcome": outcome });
+        let msg = OutboxMessage::json(dest.clone(), &body).unwrap();
+        ids.push(msg.id.to_string());
+        let sent = publisher.publish(&[msg.clone(), msg]).await;
+        assert!(sent.iter().all(Result::is_ok), "{sent:?}");
+    }
+    let pool = sqlx::PgPool::connect(db).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (n,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM inbox_messages \
+             WHERE consumer = 'restaurant-results' AND message_id::text = ANY($1)",
+        )
+        .bind(&ids)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if n == 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the late reports were never consumed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (state,): (String,) = sqlx::query_as("SELECT status FROM saga_instances WHERE id = $1")
+        .bind(before["saga_id"].as_str().unwrap())
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    assert_eq!(state, "completed");
+    let (_, after) = serve.get(KEY1, &path).await;
+    assert_eq!(after["status"], "fiscalized", "{after}");
+    assert_eq!(after["receipt"], before["receipt"]);
+    assert_eq!(printed(&after), outcomes, "{after}");
+}
+
 async fn delete_topology(amqp: &str, prefix: &str) {
     use counterfoil_outbox::{
         AmqpConsumer, HandlerError, IncomingMessage, QueueTopology, handler_fn,

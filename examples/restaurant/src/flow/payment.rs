@@ -346,7 +346,8 @@ impl Step<PaymentSaga> for Fiscalize {
     async fn run(&self, cx: &mut StepCx<'_, PaymentSaga>) -> Result<StepOutcome, StepError> {
         match cx.wake().clone() {
             Wake::Event(_) => {
-                let Some(outcome) = print::answer(cx)? else {
+                let current = cx.state().sale_key.clone();
+                let Some(outcome) = print::answer(cx, current.as_deref())? else {
                     return Err(StepError::retry("woken without an answer"));
                 };
                 let document = print::decide(outcome)?;

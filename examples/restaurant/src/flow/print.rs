@@ -3,6 +3,7 @@
 //! reconciling from the job's recorded outcome.
 
 use counterfoil_saga::{Resolution, StepCx, StepError, StepOutcome};
+use serde::{Deserialize, Serialize};
 
 use super::Deps;
 use crate::domain::FiscalDocument;
@@ -83,11 +84,45 @@ pub(super) async fn request<S: Send + Sync + 'static>(
     Ok(StepOutcome::wait(EVENTS, deps.fiscal_deadline).releasing_resource())
 }
 
-/// The agent's answer, when the step was woken by one.
+/// What a print step is woken with: the agent's answer and the job it
+/// answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct Answer {
+    /// The sale key of the job answered. Absent from answers delivered
+    /// before the key was sent along; those are taken as they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) job: Option<String>,
+    /// How the job ended.
+    #[serde(flatten)]
+    pub(super) outcome: PrintOutcome,
+}
+
+/// The agent's answer for `current`, the job the step waits for, when the
+/// step was woken by one.
+///
+/// A saga can have an earlier job of the same sale: one a person answered
+/// "not printed", after which the step queued a new one. A report for that
+/// earlier job can still come (the agent's own, late, or the broker's
+/// redelivery), and the consumer hands every report to the job's saga. Taken
+/// as the answer for the current job it would park the saga, or fail it,
+/// while the current job may still print; so it is refused here and the step
+/// runs again, which finds its current job still queued and waits for it.
 pub(super) fn answer<S: Send + Sync + 'static>(
     cx: &StepCx<'_, S>,
+    current: Option<&str>,
 ) -> Result<Option<PrintOutcome>, StepError> {
-    Ok(cx.event::<PrintOutcome>()?.map(|(_, o)| o))
+    cx.event::<Answer>()?
+        .map(|(_, a)| for_job(a, current))
+        .transpose()
+}
+
+fn for_job(answer: Answer, current: Option<&str>) -> Result<PrintOutcome, StepError> {
+    match (answer.job.as_deref(), current) {
+        (Some(job), Some(current)) if job != current => Err(StepError::retry(format!(
+            "an answer for the earlier job {job}, not for {current}: waiting for {current} again"
+        ))),
+        _ => Ok(answer.outcome),
+    }
 }
 
 /// Turns the agent's answer into the step's result.
@@ -129,7 +164,60 @@ pub(super) async fn reconcile(
 
 #[cfg(test)]
 mod tests {
-    use super::sale_key;
+    use super::{Answer, for_job, sale_key};
+    use crate::domain::FiscalDocument;
+    use crate::store::print_jobs::PrintOutcome;
+
+    fn unknown() -> PrintOutcome {
+        PrintOutcome::Unknown {
+            detail: "no reply".into(),
+        }
+    }
+
+    #[test]
+    fn an_answer_for_another_job_of_the_sale_is_refused() {
+        let a = |job: Option<&str>| Answer {
+            job: job.map(str::to_owned),
+            outcome: unknown(),
+        };
+        assert_eq!(
+            for_job(a(Some("p/receipt.2")), Some("p/receipt.2")).unwrap(),
+            unknown()
+        );
+        let e = for_job(a(Some("p/receipt")), Some("p/receipt.2")).unwrap_err();
+        assert!(e.to_string().contains("earlier job p/receipt"), "{e}");
+        // An answer without its job (delivered by an earlier version) and a
+        // step with no job on record take the answer as it is.
+        assert_eq!(for_job(a(None), Some("p/receipt.2")).unwrap(), unknown());
+        assert_eq!(for_job(a(Some("p/receipt")), None).unwrap(), unknown());
+    }
+
+    #[test]
+    fn answers_read_with_and_without_their_job() {
+        let printed = PrintOutcome::Printed {
+            document: FiscalDocument {
+                printer: "demo-1-p1".into(),
+                number: 7,
+                amount: 1250,
+                printed_at: 1_700_000_000_000,
+                device_time: None,
+                fm_serial: None,
+            },
+        };
+        let a = Answer {
+            job: Some("p/receipt".into()),
+            outcome: printed.clone(),
+        };
+        let json = serde_json::to_value(&a).unwrap();
+        assert_eq!(json["job"], "p/receipt");
+        assert_eq!(json["result"], "printed");
+        assert_eq!(serde_json::from_value::<Answer>(json).unwrap(), a);
+        // The payload an earlier version delivered: the outcome alone.
+        let old = serde_json::to_value(&printed).unwrap();
+        let read: Answer = serde_json::from_value(old).unwrap();
+        assert_eq!(read.job, None);
+        assert_eq!(read.outcome, printed);
+    }
 
     #[test]
     fn sale_keys_count_up_and_never_repeat() {

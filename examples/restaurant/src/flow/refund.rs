@@ -219,7 +219,8 @@ impl Step<RefundSaga> for Reverse {
         let s = cx.state().clone();
         match cx.wake().clone() {
             Wake::Event(_) => {
-                let Some(outcome) = print::answer(cx)? else {
+                let current = cx.state().sale_key.clone();
+                let Some(outcome) = print::answer(cx, current.as_deref())? else {
                     return Err(StepError::retry("woken without an answer"));
                 };
                 let document = print::decide(outcome)?;

@@ -12,6 +12,7 @@ use counterfoil_outbox::{
 use serde_json::json;
 
 use super::Sagas;
+use super::print::Answer;
 use crate::db::{Db, Durability, Tx};
 use crate::messaging::ResultMessage;
 use crate::store::print_jobs::{self, PrintOutcome};
@@ -111,13 +112,19 @@ impl Results {
             PrintOutcome::NotPrinted { .. } => "receipt.not_printed",
             PrintOutcome::Unknown { .. } => "receipt.unknown",
         };
+        // The answer names its job: a saga that has since queued another
+        // job of the same sale does not take it for that one's.
+        let answer = Answer {
+            job: Some(key.to_owned()),
+            outcome: outcome.clone(),
+        };
         // Reports and cash moves have no saga.
         let saga_of = |row: &print_jobs::JobRow| uuid::Uuid::parse_str(&row.saga_id).ok();
         let engine = self.sagas.engine();
         let saga = if let Some((row, _)) = &recorded {
             let saga = saga_of(row);
             if let Some(saga) = saga {
-                self.sagas.deliver_in(&mut tx, saga, event, outcome).await?;
+                self.sagas.deliver_in(&mut tx, saga, event, &answer).await?;
             }
             tx.commit().await?;
             let Some(saga) = saga else { return Ok(()) };
@@ -135,7 +142,7 @@ impl Results {
             else {
                 return Ok(());
             };
-            engine.deliver(saga, event, outcome).await?;
+            engine.deliver(saga, event, &answer).await?;
             saga
         };
         // The saga parked on the unknown job: it resumes now, and its step
