@@ -5,7 +5,9 @@
 //! 1. relay throughput to a quorum queue vs a raw lapin publisher with
 //!    pipelined confirms to the same queue;
 //! 2. business-transaction commits/s at 32 connections with and without an
-//!    outbox row, and with a WAL outbox message instead of a row;
+//!    outbox row, and with a WAL outbox message instead of a row: a
+//!    single-row insert, and (interleaved rounds) a payment's acceptance of
+//!    three statements;
 //! 3. commit -> broker-confirm latency at 2,000 msg/s (p50, p99);
 //! 4. the rate of the full loop outbox -> RabbitMQ -> consumer -> inbox;
 //! 5. the WAL outbox's relay throughput and commit -> confirm latency.
@@ -86,6 +88,10 @@ fn setup() -> Option<Env> {
         for ddl in [
             "CREATE TABLE payments (id BIGSERIAL PRIMARY KEY, amount_minor BIGINT NOT NULL, currency TEXT NOT NULL)",
             "CREATE TABLE effects (message_id UUID PRIMARY KEY)",
+            "CREATE TABLE printers (id TEXT PRIMARY KEY, restaurant TEXT NOT NULL)",
+            "INSERT INTO printers VALUES ('p1', 'r1')",
+            "CREATE TABLE events (id BIGSERIAL PRIMARY KEY, restaurant TEXT NOT NULL, kind TEXT NOT NULL, subject BIGINT NOT NULL, data TEXT NOT NULL)",
+            "CREATE INDEX events_restaurant ON events (restaurant, id)",
         ] {
             sqlx::query(ddl).execute(&pool).await.unwrap();
         }
@@ -329,7 +335,23 @@ fn relay_throughput(c: &mut Criterion, env: &Env, totals: &Totals) {
     g.finish();
 }
 
-async fn commits(env: &Env, variant: Variant, conns: usize, per_conn: usize) -> Duration {
+/// The business transaction the outbox rides on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Work {
+    /// One single-row insert: the outbox's share is as large as it gets.
+    Insert,
+    /// The reference server's acceptance of a payment, in small: check the
+    /// printer, insert the payment, append its event.
+    Payment,
+}
+
+async fn commits(
+    env: &Env,
+    work: Work,
+    variant: Variant,
+    conns: usize,
+    per_conn: usize,
+) -> Duration {
     let start = Instant::now();
     let tasks = (0..conns).map(|_| async {
         for _ in 0..per_conn {
@@ -338,11 +360,32 @@ async fn commits(env: &Env, variant: Variant, conns: usize, per_conn: usize) -> 
             } else {
                 env.pool.begin().await.unwrap()
             };
-            sqlx::query("INSERT INTO payments (amount_minor, currency) VALUES ($1, 'EUR')")
-                .bind(1250i64)
+            if work == Work::Payment {
+                sqlx::query("SELECT restaurant FROM printers WHERE id = $1")
+                    .bind("p1")
+                    .fetch_one(&mut *tx)
+                    .await
+                    .unwrap();
+            }
+            let (id,): (i64,) = sqlx::query_as(
+                "INSERT INTO payments (amount_minor, currency) VALUES ($1, 'EUR') RETURNING id",
+            )
+            .bind(1250i64)
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+            if work == Work::Payment {
+                sqlx::query(
+                    "INSERT INTO events (restaurant, kind, subject, data) VALUES ($1, $2, $3, $4)",
+                )
+                .bind("r1")
+                .bind("payment.pending")
+                .bind(id)
+                .bind(r#"{"status":"pending","amount":1250,"currency":"EUR"}"#)
                 .execute(&mut *tx)
                 .await
                 .unwrap();
+            }
             if variant == Variant::Row {
                 env.store.enqueue(&mut tx, &[env.msg()]).await.unwrap();
             }
@@ -356,7 +399,7 @@ async fn commits(env: &Env, variant: Variant, conns: usize, per_conn: usize) -> 
 /// Empties the tables and moves the WAL outbox's slot to the end, so the
 /// next round starts alike.
 async fn reset(env: &Env) {
-    sqlx::query("TRUNCATE outbox_messages, payments")
+    sqlx::query("TRUNCATE outbox_messages, payments, events")
         .execute(&env.pool)
         .await
         .unwrap();
@@ -383,7 +426,7 @@ fn enqueue_overhead(c: &mut Criterion, env: &Env, totals: &Totals) {
                 env.rt.block_on(async {
                     let mut total = Duration::ZERO;
                     for _ in 0..iters {
-                        let d = commits(env, variant, conns, per_conn).await;
+                        let d = commits(env, Work::Insert, variant, conns, per_conn).await;
                         record(totals, name, (conns * per_conn) as u64, d);
                         total += d;
                     }
@@ -398,13 +441,13 @@ fn enqueue_overhead(c: &mut Criterion, env: &Env, totals: &Totals) {
 
 /// Alternates the variants round by round, so background load on a shared
 /// machine hits them alike; returns commits/s of each, as in [`VARIANTS`].
-fn interleaved_commits(env: &Env) -> [f64; 3] {
+fn interleaved_commits(env: &Env, work: Work) -> [f64; 3] {
     let (conns, per_conn, rounds) = (32, 60, 8);
     env.rt.block_on(async {
         let mut d = [Duration::ZERO; 3];
         for _ in 0..rounds {
             for (i, (_, variant)) in VARIANTS.iter().enumerate() {
-                d[i] += commits(env, *variant, conns, per_conn).await;
+                d[i] += commits(env, work, *variant, conns, per_conn).await;
             }
             reset(env).await;
         }
@@ -585,7 +628,8 @@ fn main() {
     let totals: Totals = Arc::default();
     relay_throughput(&mut c, &env, &totals);
     enqueue_overhead(&mut c, &env, &totals);
-    let il = interleaved_commits(&env);
+    let il = interleaved_commits(&env, Work::Insert);
+    let ilp = interleaved_commits(&env, Work::Payment);
     let (p50, p99, samples, offered) = latency(&env, false);
     let (wp50, wp99, wsamples, woffered) = latency(&env, true);
     let loop_rate = full_loop(&env);
@@ -625,6 +669,14 @@ fn main() {
         il[1] / il[0],
         il[2],
         il[2] / il[0]
+    );
+    println!(
+        "the same, payment transaction (select, 2 inserts): {:>9.0} /s without   {:>9.0} /s with row (ratio {:.3}x)   {:>9.0} /s with WAL message (ratio {:.3}x)",
+        ilp[0],
+        ilp[1],
+        ilp[1] / ilp[0],
+        ilp[2],
+        ilp[2] / ilp[0]
     );
     println!(
         "commit -> confirm latency:  p50 {p50:.2} ms  p99 {p99:.2} ms  ({samples} messages, offered {offered:.0} msg/s; target p50 < 10 ms, p99 < 50 ms)"
