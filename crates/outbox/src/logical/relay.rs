@@ -22,8 +22,8 @@ use crate::error::BuildError;
 use crate::publisher::Publisher;
 use crate::stats::{self, AtomicStats, RelayStats};
 use crate::{
-    Backoff, BatchReport, ClaimMode, Error, OutboxMessage, OutboxNotifier, PgOutboxStore, Relay,
-    RelayHandle,
+    Backoff, BatchReport, ClaimMode, Destination, Error, Headers, MessageId, OutboxMessage,
+    OutboxNotifier, PgOutboxStore, Relay, RelayHandle,
 };
 
 #[derive(Debug, Clone)]
@@ -441,13 +441,20 @@ impl LogicalRelay {
             if idx.is_empty() {
                 continue;
             }
+            // The messages go to the publisher and come back, not copied.
             let batch: Vec<OutboxMessage> = idx
                 .iter()
-                .map(|&i| items[i].message.message.clone())
+                .map(|&i| {
+                    let m = &mut items[i].message.message;
+                    std::mem::replace(m, hollow(m.id))
+                })
                 .collect();
             let started = Instant::now();
             let results = inner.publisher.publish(&batch).await;
             metrics::histogram!(stats::PUBLISH_SECONDS).record(started.elapsed().as_secs_f64());
+            for (&i, m) in idx.iter().zip(batch) {
+                items[i].message.message = m;
+            }
             let now = inner.outbox.clock.now_ms();
             let mut results = results.into_iter();
             for i in idx {
@@ -807,6 +814,24 @@ impl LogicalRelay {
                 () = tokio::time::sleep(wait) => {}
             }
         }
+    }
+}
+
+/// What stands in an item's place while its message is out with the
+/// publisher: nothing allocated.
+fn hollow(id: MessageId) -> OutboxMessage {
+    OutboxMessage {
+        id,
+        destination: Destination {
+            exchange: String::new(),
+            routing_key: String::new(),
+        },
+        partition_key: None,
+        headers: Headers::default(),
+        payload: Vec::new(),
+        content_type: String::new(),
+        available_at: None,
+        delay: None,
     }
 }
 
