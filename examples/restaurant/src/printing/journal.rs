@@ -18,12 +18,32 @@ pub(crate) enum Entry {
 }
 
 /// Records the intent (a no-op when it exists) and says what was there.
+///
+/// The insert comes first: a new sale, every job's first visit, takes one
+/// statement; only a sale seen before reads its entry back.
 pub(crate) async fn intent(
     db: &Db,
     printer: &str,
     saga_id: &str,
     job: &PrintJob,
 ) -> Result<Entry, sqlx::Error> {
+    let inserted = on_db!(db, |e| {
+        sqlx::query(
+            "INSERT INTO agent_journal (sale_key, printer_id, saga_id, kind, amount, intent_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (sale_key) DO NOTHING",
+        )
+        .bind(&job.key)
+        .bind(printer)
+        .bind(saga_id)
+        .bind(&job.kind)
+        .bind(job.amount)
+        .bind(now_ms())
+        .execute(e)
+        .map_ok(|r| r.rows_affected())
+    })?;
+    if inserted == 1 {
+        return Ok(Entry::New);
+    }
     let existing: Option<(Option<String>,)> = on_db!(db, |e| sqlx::query_as(
         "SELECT outcome FROM agent_journal WHERE sale_key = $1"
     )
@@ -35,22 +55,12 @@ pub(crate) async fn intent(
             Ok(Entry::Done(outcome))
         }
         Some((None,)) => Ok(Entry::InDoubt),
-        None => {
-            on_db!(db, |e| {
-                sqlx::query(
-                "INSERT INTO agent_journal (sale_key, printer_id, saga_id, kind, amount, intent_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (sale_key) DO NOTHING"
-            )
-            .bind(&job.key)
-            .bind(printer)
-            .bind(saga_id)
-            .bind(&job.kind)
-            .bind(job.amount)
-            .bind(now_ms())
-            .execute(e).map_ok(|r| r.rows_affected())
-            })?;
-            Ok(Entry::New)
-        }
+        // The insert met an entry that is gone now: the journal is never
+        // pruned of a sale's entry, so this is a damaged journal.
+        None => Err(sqlx::Error::Protocol(format!(
+            "the journal entry of {} vanished while it was read",
+            job.key
+        ))),
     }
 }
 
