@@ -456,6 +456,16 @@ fn interleaved_commits(env: &Env, work: Work) -> [f64; 3] {
     })
 }
 
+/// Prints interleaved rounds' commits/s, as in [`VARIANTS`], with the ratios to the bare one.
+fn print_rounds(what: &str, r: [f64; 3]) {
+    let [bare, row, wal] = r;
+    println!(
+        "{what}: {bare:>9.0} /s without   {row:>9.0} /s with row (ratio {:.3}x)   {wal:>9.0} /s with WAL message (ratio {:.3}x)",
+        row / bare,
+        wal / bare
+    );
+}
+
 /// Records, per message, the time from the producer's commit to the broker's confirm.
 #[derive(Debug)]
 struct Timed {
@@ -662,22 +672,8 @@ fn main() {
         "commits at 32 connections:  {wal:>9.0} /s with WAL message   {without:>9.0} /s without   ratio {:.3}x (target >= 0.95)",
         wal / without
     );
-    println!(
-        "commits at 32 connections, interleaved rounds: {:>9.0} /s without   {:>9.0} /s with row (ratio {:.3}x)   {:>9.0} /s with WAL message (ratio {:.3}x)",
-        il[0],
-        il[1],
-        il[1] / il[0],
-        il[2],
-        il[2] / il[0]
-    );
-    println!(
-        "the same, payment transaction (select, 2 inserts): {:>9.0} /s without   {:>9.0} /s with row (ratio {:.3}x)   {:>9.0} /s with WAL message (ratio {:.3}x)",
-        ilp[0],
-        ilp[1],
-        ilp[1] / ilp[0],
-        ilp[2],
-        ilp[2] / ilp[0]
-    );
+    print_rounds("commits at 32 connections, interleaved rounds", il);
+    print_rounds("the same, payment transaction (select, 2 inserts)", ilp);
     println!(
         "commit -> confirm latency:  p50 {p50:.2} ms  p99 {p99:.2} ms  ({samples} messages, offered {offered:.0} msg/s; target p50 < 10 ms, p99 < 50 ms)"
     );
