@@ -57,6 +57,7 @@ async fn two_relays_keep_per_key_order_through_rabbitmq() {
     };
     let exchange = common::unique("ex");
     let topology = QueueTopology::new(common::unique("q")).bind(&exchange, "jobs.#");
+    let _queues = common::TopologyGuard::new(&url, &topology);
     let (tx_seen, mut rx_seen) = mpsc::unbounded_channel();
     let consumer = AmqpConsumer::builder(
         &url,
@@ -165,6 +166,7 @@ async fn unroutable_messages_are_retried_then_dead_lettered() {
     store.migrate().await.unwrap();
     let exchange = common::unique("ex");
     let topology = QueueTopology::new(common::unique("q")).bind(&exchange, "jobs.#");
+    let _queues = common::TopologyGuard::new(&url, &topology);
     let consumer = AmqpConsumer::builder(
         &url,
         topology,
@@ -232,6 +234,7 @@ async fn consumer_poison_message_goes_to_the_dead_letter_queue() {
     let topology = QueueTopology::new(common::unique("q"))
         .bind(&exchange, "#")
         .delivery_limit(2);
+    let _queues = common::TopologyGuard::new(&url, &topology);
     let dlq = topology.dead_letter_queue();
     let (tx_ok, mut rx_ok) = mpsc::unbounded_channel();
     let handler = handler_fn(move |m: IncomingMessage| {
@@ -356,6 +359,7 @@ async fn publisher_can_declare_its_exchanges() {
         other => panic!("{other:?}"),
     }
     let topology = QueueTopology::new(common::unique("q")).bind(&exchange, "#");
+    let _queues = common::TopologyGuard::new(&url, &topology);
     let consumer = AmqpConsumer::builder(
         &url,
         topology,

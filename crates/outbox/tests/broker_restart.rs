@@ -52,6 +52,7 @@ async fn broker_restart_during_publishing_loses_nothing() {
     };
     let exchange = common::unique("ex");
     let topology = QueueTopology::new(common::unique("q")).bind(&exchange, "#");
+    let _queues = common::TopologyGuard::new(&url, &topology);
     let (tx_seen, mut rx_seen) = mpsc::unbounded_channel();
     let consumer = AmqpConsumer::builder(
         &url,

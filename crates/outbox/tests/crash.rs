@@ -115,6 +115,7 @@ struct CrashScene {
     exchange: String,
     consumer: AmqpConsumer,
     seen: mpsc::UnboundedReceiver<common::Seen>,
+    _queues: common::TopologyGuard,
 }
 
 impl CrashScene {
@@ -123,6 +124,7 @@ impl CrashScene {
         let (db, store) = common::outbox_db(8).await?;
         let exchange = common::unique("ex");
         let topology = QueueTopology::new(common::unique("q")).bind(&exchange, "#");
+        let queues = common::TopologyGuard::new(&url, &topology);
         let (tx_seen, seen) = mpsc::unbounded_channel();
         let consumer = AmqpConsumer::builder(
             &url,
@@ -140,6 +142,7 @@ impl CrashScene {
             exchange,
             consumer,
             seen,
+            _queues: queues,
         })
     }
 
@@ -397,6 +400,7 @@ async fn consumer_killed_after_commit_before_ack_applies_the_effect_once() {
     let exchange = common::unique("ex");
     let queue = common::unique("q");
     let topology = QueueTopology::new(&queue).bind(&exchange, "#");
+    let _queues = common::TopologyGuard::new(&url, &topology);
     let (tx_seen, mut rx_seen) = mpsc::unbounded_channel();
     let consumer = AmqpConsumer::builder(
         &url,

@@ -204,33 +204,76 @@ pub struct SlotGuard {
 impl Drop for SlotGuard {
     fn drop(&mut self) {
         let (url, name, schema) = (self.url.clone(), self.name.clone(), self.schema.take());
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
+        run_detached(async move {
+            let admin = PgPool::connect(&url).await.unwrap();
+            let outbox = counterfoil_outbox::PgLogicalOutbox::new(admin.clone())
+                .name(&name)
+                .unwrap();
+            for _ in 0..100 {
+                // The slot is busy while a relay's read is still running.
+                if outbox.drop_slot().await.is_ok() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            if let Some(schema) = schema {
+                sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+                    .execute(&admin)
+                    .await
+                    .unwrap();
+            }
+            admin.close().await;
+        });
+    }
+}
+
+/// Runs `work` to its end on a thread with its own runtime, so a `Drop` can
+/// wait for it, also while a failed test unwinds.
+fn run_detached(work: impl std::future::Future<Output = ()> + Send + 'static) {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(work);
+    })
+    .join()
+    .ok();
+}
+
+/// Deletes a test's queues (its dead-letter queue too) and its exchange when
+/// dropped: on a thread with its own runtime and connection, so it also runs
+/// while a failed test unwinds. Deleting what the test already deleted is a
+/// no-op.
+pub struct TopologyGuard {
+    url: String,
+    topology: Option<counterfoil_outbox::QueueTopology>,
+}
+
+impl TopologyGuard {
+    pub fn new(url: &str, topology: &counterfoil_outbox::QueueTopology) -> Self {
+        Self {
+            url: url.to_owned(),
+            topology: Some(topology.clone()),
+        }
+    }
+}
+
+impl Drop for TopologyGuard {
+    fn drop(&mut self) {
+        let (url, Some(topology)) = (self.url.clone(), self.topology.take()) else {
+            return;
+        };
+        run_detached(async move {
+            let noop = std::sync::Arc::new(counterfoil_outbox::handler_fn(
+                |_m: counterfoil_outbox::IncomingMessage| async { Ok(()) },
+            ));
+            let consumer = counterfoil_outbox::AmqpConsumer::builder(&url, topology, noop)
                 .build()
                 .unwrap();
-            rt.block_on(async move {
-                let admin = PgPool::connect(&url).await.unwrap();
-                let outbox = counterfoil_outbox::PgLogicalOutbox::new(admin.clone())
-                    .name(&name)
-                    .unwrap();
-                for _ in 0..100 {
-                    // The slot is busy while a relay's read is still running.
-                    if outbox.drop_slot().await.is_ok() {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                if let Some(schema) = schema {
-                    sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
-                        .execute(&admin)
-                        .await
-                        .unwrap();
-                }
-                admin.close().await;
-            });
-        })
-        .join()
-        .ok();
+            if let Err(e) = consumer.delete_topology(true).await {
+                eprintln!("could not delete a test's queues: {e}");
+            }
+        });
     }
 }
