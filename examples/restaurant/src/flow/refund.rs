@@ -219,8 +219,7 @@ impl Step<RefundSaga> for Reverse {
         let s = cx.state().clone();
         match cx.wake().clone() {
             Wake::Event(_) => {
-                let current = cx.state().sale_key.clone();
-                let Some(outcome) = print::answer(cx, current.as_deref())? else {
+                let Some(outcome) = print::answer(cx, s.sale_key.as_deref())? else {
                     return Err(StepError::retry("woken without an answer"));
                 };
                 let document = print::decide(outcome)?;
