@@ -369,7 +369,7 @@ fn load(path: &Path) -> Result<DeviceState, Error> {
             )));
         }
     };
-    write_state(path, &state_line(&mut dev)?)?;
+    replace_file(path, &state_line(&mut dev)?)?;
     let ej = ej_path(path);
     if let Ok(text) = std::fs::read_to_string(&ej) {
         for line in text.lines() {
@@ -379,7 +379,7 @@ fn load(path: &Path) -> Result<DeviceState, Error> {
             }
         }
     }
-    write_ej(&ej, &dev.ej)?;
+    replace_file(&ej, &ej_lines(&dev.ej)?)?;
     Ok(dev)
 }
 
@@ -393,10 +393,12 @@ fn state_line(dev: &mut DeviceState) -> std::io::Result<Vec<u8>> {
     Ok(line)
 }
 
-/// Replaces the state file with `line`.
-fn write_state(path: &Path, line: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, line)?;
+/// Replaces the file at `path` with `bytes` whole: written beside it, then
+/// renamed over it.
+fn replace_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path)
 }
 
@@ -407,12 +409,6 @@ fn ej_lines(entries: &[EjEntry]) -> std::io::Result<Vec<u8>> {
         buf.push(b'\n');
     }
     Ok(buf)
-}
-
-fn write_ej(path: &Path, entries: &[EjEntry]) -> std::io::Result<()> {
-    let tmp = path.with_extension("jsonl.tmp");
-    std::fs::write(&tmp, ej_lines(entries)?)?;
-    std::fs::rename(&tmp, path)
 }
 
 /// Appends the journal's new entries, then the state (without the journal)
@@ -442,7 +438,7 @@ fn persist(shared: &Shared, core: &mut Core) {
             }
             log => {
                 *log = None;
-                write_state(path, &line)?;
+                replace_file(path, &line)?;
                 let file = std::fs::OpenOptions::new().append(true).open(path)?;
                 *log = Some((file, 1));
             }
