@@ -125,6 +125,15 @@ impl Db {
         })
     }
 
+    /// A connection of the pool, outside any transaction: each statement
+    /// on it commits on its own.
+    pub(crate) async fn acquire(&self) -> Result<Pooled, sqlx::Error> {
+        Ok(match self {
+            Db::Postgres(p) => Pooled::Postgres(p.acquire().await?),
+            Db::Sqlite(p) => Pooled::Sqlite(p.acquire().await?),
+        })
+    }
+
     /// `SELECT 1`, for the readiness probe.
     pub(crate) async fn ping(&self) -> Result<(), sqlx::Error> {
         match self {
@@ -164,11 +173,13 @@ pub(crate) enum Conn<'a> {
     Sqlite(&'a mut sqlx::SqliteConnection),
 }
 
-/// Anything that holds a transaction the server's SQL can run in: its own
-/// [`Tx`], or a saga step's transaction (so a step's business rows, print
-/// job and events commit with the saga's checkpoint).
+/// Anything that holds a connection the server's SQL can run on: its own
+/// [`Tx`], a saga step's transaction (so a step's business rows, print job
+/// and events commit with the saga's checkpoint), or a connection of the
+/// pool outside any transaction ([`Pooled`]), so a read is written once for
+/// both.
 pub(crate) trait AsConn {
-    /// The connection of the open transaction.
+    /// The connection, in its open transaction if it has one.
     fn conn(&mut self) -> Result<Conn<'_>, sqlx::Error>;
 }
 
@@ -177,6 +188,21 @@ impl AsConn for Conn<'_> {
         Ok(match self {
             Conn::Postgres(c) => Conn::Postgres(c),
             Conn::Sqlite(c) => Conn::Sqlite(c),
+        })
+    }
+}
+
+/// A connection checked out of the server's pool ([`Db::acquire`]).
+pub(crate) enum Pooled {
+    Postgres(sqlx::pool::PoolConnection<sqlx::Postgres>),
+    Sqlite(sqlx::pool::PoolConnection<sqlx::Sqlite>),
+}
+
+impl AsConn for Pooled {
+    fn conn(&mut self) -> Result<Conn<'_>, sqlx::Error> {
+        Ok(match self {
+            Pooled::Postgres(c) => Conn::Postgres(c),
+            Pooled::Sqlite(c) => Conn::Sqlite(c),
         })
     }
 }

@@ -93,35 +93,28 @@ pub(crate) async fn list(db: &Db, restaurant: Option<&str>) -> Result<Vec<Printe
     })
 }
 
-const GET: &str = "SELECT id, restaurant_id, address, state, updated_at FROM app_printers \
-                   WHERE id = $1 AND ($2 IS NULL OR restaurant_id = $2)";
-
 pub(crate) async fn get(
     db: &Db,
     restaurant: Option<&str>,
     id: &str,
 ) -> Result<Option<Printer>, sqlx::Error> {
-    on_db!(db, |e| async {
-        let row = sqlx::query(GET)
-            .bind(id)
-            .bind(restaurant)
-            .fetch_optional(e)
-            .await?;
-        row.as_ref().map(decode).transpose()
-    })
+    get_in(&mut db.acquire().await?, restaurant, id).await
 }
 
-/// [`get`] inside the caller's transaction.
+/// [`get`] on the caller's connection, in its transaction if it has one.
 pub(crate) async fn get_in(
     tx: &mut impl AsConn,
     restaurant: Option<&str>,
     id: &str,
 ) -> Result<Option<Printer>, sqlx::Error> {
-    let row = on_tx!(tx, |e| sqlx::query(GET)
-        .bind(id)
-        .bind(restaurant)
-        .fetch_optional(e)
-        .map_ok(|r| r.as_ref().map(decode)))?;
+    let row = on_tx!(tx, |e| sqlx::query(
+        "SELECT id, restaurant_id, address, state, updated_at FROM app_printers \
+         WHERE id = $1 AND ($2 IS NULL OR restaurant_id = $2)"
+    )
+    .bind(id)
+    .bind(restaurant)
+    .fetch_optional(e)
+    .map_ok(|r| r.as_ref().map(decode)))?;
     row.transpose()
 }
 
