@@ -1,18 +1,17 @@
 //! The consumer of print jobs (agent side): records each job in the agent's
 //! database, deduplicated by the inbox in the same transaction, before the
-//! message is acknowledged.
-
-use std::sync::Arc;
+//! message is acknowledged, then hands it to the agent's intake.
 
 use async_trait::async_trait;
 use counterfoil_outbox::{
     Handler, HandlerError, InboxOutcome, IncomingMessage, PgInbox, SqliteInbox,
 };
-use tokio::sync::Notify;
+use tokio::sync::mpsc;
 
 use super::journal;
 use crate::db::{Db, Tx};
 use crate::messaging::JobMessage;
+use crate::store::print_jobs::PrintJob;
 
 const CONSUMER: &str = "restaurant-agent";
 
@@ -21,7 +20,7 @@ const CONSUMER: &str = "restaurant-agent";
 pub(super) struct Jobs {
     db: Db,
     inbox: Inbox,
-    received: Arc<Notify>,
+    received: mpsc::Sender<(String, PrintJob)>,
 }
 
 #[derive(Debug)]
@@ -31,7 +30,9 @@ enum Inbox {
 }
 
 impl Jobs {
-    pub(super) fn new(db: Db, received: Arc<Notify>) -> Self {
+    /// Records jobs in `db` and sends each new one, with its saga, to
+    /// `received` once it is committed.
+    pub(super) fn new(db: Db, received: mpsc::Sender<(String, PrintJob)>) -> Self {
         let inbox = match &db {
             Db::Postgres(p) => Inbox::Postgres(PgInbox::new(p.clone())),
             Db::Sqlite(p) => Inbox::Sqlite(SqliteInbox::new(p.clone())),
@@ -54,11 +55,18 @@ impl Jobs {
             (Inbox::Sqlite(i), Tx::Sqlite(t)) => i.try_begin(t, CONSUMER, msg.id).await?,
             _ => return Err("inbox and transaction differ".into()),
         };
-        if first == InboxOutcome::New {
-            journal::receive(&mut tx, &body.saga_id, &body.job).await?;
-        }
+        let new = first == InboxOutcome::New
+            && journal::receive(&mut tx, &body.saga_id, &body.job).await?;
         tx.commit().await?;
-        self.received.notify_one();
+        if new {
+            // Straight to the intake, which need not read every pending job
+            // again for it. A full channel (or a closed one, while stopping)
+            // loses nothing: the job is recorded, and the intake's next scan
+            // finds it.
+            let _ = self
+                .received
+                .try_send((body.saga_id.clone(), body.job.clone()));
+        }
         Ok(())
     }
 }

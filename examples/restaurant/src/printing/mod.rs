@@ -24,7 +24,8 @@ use counterfoil_fiscal::{
     SqliteJournal,
 };
 use parking_lot::Mutex;
-use tokio::sync::Notify;
+use tokio::sync::mpsc;
+use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{PrinterAddress, PrinterSpec};
@@ -174,12 +175,12 @@ pub(crate) async fn run(
         ps.health.insert(spec.id.clone(), (handle, health, breaker));
     }
     // Jobs in: the cloud's messages, recorded here before they are acked.
-    let received = Arc::new(Notify::new());
+    let (received, mut incoming) = mpsc::channel(1024);
     let (queue, pattern) = match &restaurant {
         Some(r) => (agent.names.print_queue(r), format!("{r}.*")),
         None => (agent.names.print_queue("all"), "#".to_owned()),
     };
-    let handler = Arc::new(jobs::Jobs::new(agent.journal.clone(), received.clone()));
+    let handler = Arc::new(jobs::Jobs::new(agent.journal.clone(), received));
     let consumer = agent
         .bus
         .subscribe(&queue, &agent.names.print_exchange(), &pattern, handler)
@@ -190,7 +191,7 @@ pub(crate) async fn run(
     let ps = Arc::new(ps);
     let held = Mutex::new(HashSet::<String>::new());
     tokio::join!(
-        intake(&agent, &ps, &held, &finisher, &received, &stop),
+        intake(&agent, &ps, &held, &finisher, &mut incoming, &stop),
         status(&agent, &ps, &stop),
     );
     if let Some(c) = consumer {
@@ -203,33 +204,44 @@ pub(crate) async fn run(
     Ok(())
 }
 
-/// Hands recorded jobs to their printer's actor.
+/// Hands recorded jobs to their printer's actor: each new one as the
+/// consumer sends it, and every pending job on a scan of the journal at
+/// start and every 250 ms (jobs recorded before a restart, or that the
+/// channel could not take).
 async fn intake(
     agent: &Agent,
     ps: &Printers,
     held: &Mutex<HashSet<String>>,
     finisher: &Finisher,
-    received: &Notify,
+    incoming: &mut mpsc::Receiver<(String, PrintJob)>,
     stop: &CancellationToken,
 ) {
-    while !stop.is_cancelled() {
-        match journal::pending(&agent.journal, 500).await {
-            Ok(jobs) => {
-                let pending: HashSet<String> = jobs.iter().map(|(_, j)| j.key.clone()).collect();
-                held.lock().retain(|k| pending.contains(k));
-                for (saga_id, job) in jobs {
-                    if !held.lock().insert(job.key.clone()) {
-                        continue;
-                    }
+    let mut scan = tokio::time::interval(Duration::from_millis(250));
+    scan.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            Some((saga_id, job)) = incoming.recv() => {
+                if held.lock().insert(job.key.clone()) {
                     dispatch(agent, ps, finisher, saga_id, job).await;
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "agent cannot read its jobs; retrying"),
-        }
-        tokio::select! {
-            () = stop.cancelled() => break,
-            () = received.notified() => {}
-            () = tokio::time::sleep(Duration::from_millis(250)) => {}
+            _ = scan.tick() => match journal::pending(&agent.journal, 500).await {
+                Ok(jobs) => {
+                    // A job leaves `held` once it is done. Nothing is sent
+                    // in between: a job the consumer sent was committed
+                    // before this read, so the read sees it.
+                    let pending: HashSet<String> =
+                        jobs.iter().map(|(_, j)| j.key.clone()).collect();
+                    held.lock().retain(|k| pending.contains(k));
+                    for (saga_id, job) in jobs {
+                        if held.lock().insert(job.key.clone()) {
+                            dispatch(agent, ps, finisher, saga_id, job).await;
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "agent cannot read its jobs; retrying"),
+            },
         }
     }
 }
