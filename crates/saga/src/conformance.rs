@@ -730,6 +730,11 @@ pub async fn waits_for_events_and_deadlines(b: Backend) {
         h.engine().deliver(Uuid::new_v4(), "printed", &1).await,
         Err(Error::NotFound(_))
     ));
+    // A name the wait list could not hold: refused before the store is asked.
+    assert!(matches!(
+        h.engine().deliver(a, "printed,nope", &1).await,
+        Err(Error::InvalidEvent(_))
+    ));
     h.run_until_idle().await.expect("run");
     let rec = h.engine().get(a).await.expect("get");
     assert_eq!(rec.status, Status::Completed);

@@ -11,7 +11,7 @@ use crate::clock::{Clock, duration_ms};
 use crate::crash::{CrashHook, CrashPoint};
 use crate::definition::{Definition, SagaState};
 use crate::record::{Phase, Resolution, SagaRecord, Status};
-use crate::step::{Kind, Step, StepCx, StepError, StepOutcome, Wake};
+use crate::step::{Kind, Step, StepCx, StepError, StepOutcome, Wake, check_event};
 use crate::store::{Checkpoint, Claimed, LogLine, SagaStore, StepTx};
 use crate::wakeup::Wakeup;
 
@@ -501,6 +501,21 @@ impl<'a, S: SagaState> Run<'a, S> {
         match result {
             Ok(StepOutcome::Done) => {
                 self.step_done(tx, &state, &name, attempt, "completed")
+                    .await
+            }
+            Ok(StepOutcome::Wait { events, .. })
+                if events.iter().any(|e| check_event(e).is_err()) =>
+            {
+                // A bug in the step: no delivery could ever wake it. Its writes are
+                // dropped and a person looks at it.
+                drop(tx);
+                self.rec.attempt = attempt;
+                self.rec.in_flight = false;
+                let bad = events
+                    .into_iter()
+                    .find_map(|e| check_event(&e).err())
+                    .map_or_else(String::new, |e| e.to_string());
+                self.park(None, &name, attempt, format!("step {name}: {bad}"), false)
                     .await
             }
             Ok(StepOutcome::Wait {

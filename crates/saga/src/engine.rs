@@ -328,7 +328,8 @@ impl Engine {
     /// Hands `event` with `payload` to saga `id` if it waits for it.
     ///
     /// # Errors
-    /// [`Error::NotFound`], [`Error::Serde`], [`Error::Backend`].
+    /// [`Error::InvalidEvent`] for an empty name or one with a comma, [`Error::NotFound`],
+    /// [`Error::Serde`], [`Error::Backend`].
     ///
     /// # Cancel safety
     /// The update either commits or not; delivering again is harmless.
@@ -338,6 +339,7 @@ impl Engine {
         event: &str,
         payload: &impl Serialize,
     ) -> Result<Delivery, Error> {
+        crate::step::check_event(event)?;
         let payload = serde_json::to_string(payload)?;
         let now = self.inner.rt.clock.now_ms();
         let delivery = self

@@ -39,6 +39,10 @@ pub enum Error {
     /// The saga state or an event payload could not be (de)serialized.
     #[error("state serialization")]
     Serde(#[source] serde_json::Error),
+    /// An event name that cannot be waited for or delivered: empty, or holding a comma
+    /// (a saga's wait list is stored comma-separated).
+    #[error("invalid event name {0:?}: it must be non-empty and hold no comma")]
+    InvalidEvent(String),
     /// A row read from the database is not what this crate wrote.
     #[error("corrupt row: {0}")]
     Corrupt(String),

@@ -248,6 +248,7 @@ macro_rules! shared_sql_store {
             /// process's workers run the saga at once.
             ///
             /// # Errors
+            /// [`Error::InvalidEvent`](crate::Error::InvalidEvent),
             /// [`Error::NotFound`](crate::Error::NotFound),
             /// [`Error::Serde`](crate::Error::Serde),
             /// [`Error::Backend`](crate::Error::Backend).
@@ -261,6 +262,7 @@ macro_rules! shared_sql_store {
                 event: &str,
                 payload: &impl serde::Serialize,
             ) -> Result<$crate::Delivery, $crate::Error> {
+                $crate::step::check_event(event)?;
                 let payload = serde_json::to_string(payload)?;
                 Self::deliver_on(tx, id, event, &payload, self.clock.now_ms()).await
             }

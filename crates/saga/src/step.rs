@@ -41,8 +41,25 @@ pub enum StepOutcome {
     },
 }
 
+/// Checks that `event` can be waited for and delivered.
+pub(crate) fn check_event(event: &str) -> Result<(), crate::Error> {
+    if event.is_empty() || event.contains(',') {
+        Err(crate::Error::InvalidEvent(event.to_owned()))
+    } else {
+        Ok(())
+    }
+}
+
 impl StepOutcome {
     /// Waits for any of `events` for at most `deadline`, keeping the step's resource.
+    ///
+    /// An event name is any non-empty string without a comma. A step that asks for another
+    /// one is parked, as is a saga whose step is broken.
+    ///
+    /// A step that may send its request more than once (it runs again after a refusal,
+    /// and the earlier request's answer can still come) can name the request in the event,
+    /// e.g. `printed#job-2`: an answer to the earlier request, delivered as `printed#job-1`,
+    /// then finds the saga [not waiting](crate::Delivery::NotWaiting) and changes nothing.
     pub fn wait<I, E>(events: I, deadline: Duration) -> Self
     where
         I: IntoIterator<Item = E>,

@@ -70,7 +70,7 @@ async fn paid_with(engine: &Engine, id: Uuid) -> Option<String> {
 /// The same steps on either backend: a delivery rolled back changes nothing;
 /// one committed with the caller's own row completes the saga with its
 /// payload; a second in the same wait is not taken; an unknown saga is
-/// `NotFound`.
+/// `NotFound`; a name with a comma is `InvalidEvent`.
 macro_rules! delivery_commits_with_the_callers_transaction {
     ($pool:expr, $store:expr) => {{
         let (pool, store) = ($pool, $store);
@@ -122,6 +122,10 @@ macro_rules! delivery_commits_with_the_callers_transaction {
                 .deliver_in(&mut tx, Uuid::new_v4(), "paid", &"card")
                 .await,
             Err(Error::NotFound(_))
+        ));
+        assert!(matches!(
+            store.deliver_in(&mut tx, id, "paid,late", &"card").await,
+            Err(Error::InvalidEvent(_))
         ));
         tx.commit().await.unwrap();
         h.engine().wake();
