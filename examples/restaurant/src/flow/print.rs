@@ -9,8 +9,28 @@ use super::Deps;
 use crate::domain::FiscalDocument;
 use crate::store::print_jobs::{self, PrintJob, PrintOutcome};
 
-/// The events a print step waits for.
-pub(super) const EVENTS: [&str; 3] = ["receipt.printed", "receipt.not_printed", "receipt.unknown"];
+/// The events a print step waits for, each named for the job it answers
+/// (see [`event`]).
+const EVENTS: [&str; 3] = ["receipt.printed", "receipt.not_printed", "receipt.unknown"];
+
+/// The event an agent's report of job `key` is delivered as: its outcome
+/// and the job, `receipt.printed#{key}`. A step waits for its current job's
+/// events, so a report for an earlier job of the same sale (late, or
+/// delivered again by the broker) finds the saga not waiting and changes
+/// nothing. The bare name (`receipt.printed`) is what a step waited for
+/// before; the results consumer tries it when the named one is not waited
+/// for.
+pub(super) fn event(outcome: &PrintOutcome, key: Option<&str>) -> String {
+    let name = match outcome {
+        PrintOutcome::Printed { .. } => "receipt.printed",
+        PrintOutcome::NotPrinted { .. } => "receipt.not_printed",
+        PrintOutcome::Unknown { .. } => "receipt.unknown",
+    };
+    match key {
+        Some(key) => format!("{name}#{key}"),
+        None => name.to_owned(),
+    }
+}
 
 /// The sale key of a document: `{id}/receipt` on the first attempt, then
 /// `{id}/receipt.2`, ... when the step runs again after "not printed", so
@@ -81,7 +101,8 @@ pub(super) async fn request<S: Send + Sync + 'static>(
     // The agent's device actor prints one document at a time in the order
     // jobs reach it: the printer is handed to the next receipt as soon as
     // this one is queued, not after it printed.
-    Ok(StepOutcome::wait(EVENTS, deps.fiscal_deadline).releasing_resource())
+    let events = EVENTS.map(|e| format!("{e}#{}", job.key));
+    Ok(StepOutcome::wait(events, deps.fiscal_deadline).releasing_resource())
 }
 
 /// What a print step is woken with: the agent's answer and the job it
@@ -171,6 +192,32 @@ mod tests {
     fn unknown() -> PrintOutcome {
         PrintOutcome::Unknown {
             detail: "no reply".into(),
+        }
+    }
+
+    #[test]
+    fn each_report_is_an_event_the_step_waits_for_and_names_its_job() {
+        let waited = super::EVENTS.map(|e| format!("{e}#p/receipt.2"));
+        let printed = PrintOutcome::Printed {
+            document: FiscalDocument {
+                printer: "p1".into(),
+                number: 1,
+                amount: 100,
+                printed_at: 0,
+                device_time: None,
+                fm_serial: None,
+            },
+        };
+        let not_printed = PrintOutcome::NotPrinted {
+            detail: "no paper".into(),
+        };
+        for o in [printed, not_printed, unknown()] {
+            let e = super::event(&o, Some("p/receipt.2"));
+            assert!(waited.contains(&e), "{e}");
+            // Another job's report is not waited for.
+            assert!(!waited.contains(&super::event(&o, Some("p/receipt"))));
+            // The bare name, as steps of the previous version waited for it.
+            assert!(super::EVENTS.contains(&super::event(&o, None).as_str()));
         }
     }
 

@@ -12,7 +12,9 @@ use counterfoil_outbox::{
 use serde_json::json;
 
 use super::Sagas;
-use super::print::Answer;
+use counterfoil_saga::Delivery;
+
+use super::print::{self, Answer};
 use crate::db::{Db, Durability, Tx};
 use crate::messaging::ResultMessage;
 use crate::store::print_jobs::{self, PrintOutcome};
@@ -107,13 +109,10 @@ impl Results {
         }
         // Recorded now: the saga gets the outcome in the same commit, so a
         // crash cannot leave it recorded and undelivered.
-        let event = match outcome {
-            PrintOutcome::Printed { .. } => "receipt.printed",
-            PrintOutcome::NotPrinted { .. } => "receipt.not_printed",
-            PrintOutcome::Unknown { .. } => "receipt.unknown",
-        };
-        // The answer names its job: a saga that has since queued another
-        // job of the same sale does not take it for that one's.
+        // The event and the answer name the job: a saga that has since
+        // queued another job of the same sale is not waiting for this one.
+        let event = print::event(outcome, Some(key));
+        let bare = print::event(outcome, None);
         let answer = Answer {
             job: Some(key.to_owned()),
             outcome: outcome.clone(),
@@ -123,8 +122,15 @@ impl Results {
         let engine = self.sagas.engine();
         let saga = if let Some((row, _)) = &recorded {
             let saga = saga_of(row);
-            if let Some(saga) = saga {
-                self.sagas.deliver_in(&mut tx, saga, event, &answer).await?;
+            if let Some(saga) = saga
+                && self
+                    .sagas
+                    .deliver_in(&mut tx, saga, &event, &answer)
+                    .await?
+                    == Delivery::NotWaiting
+            {
+                // A saga that began waiting before waits named their job.
+                self.sagas.deliver_in(&mut tx, saga, &bare, &answer).await?;
             }
             tx.commit().await?;
             let Some(saga) = saga else { return Ok(()) };
@@ -142,7 +148,9 @@ impl Results {
             else {
                 return Ok(());
             };
-            engine.deliver(saga, event, &answer).await?;
+            if engine.deliver(saga, &event, &answer).await? == Delivery::NotWaiting {
+                engine.deliver(saga, &bare, &answer).await?;
+            }
             saga
         };
         // The saga parked on the unknown job: it resumes now, and its step
