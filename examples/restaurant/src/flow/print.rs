@@ -124,10 +124,12 @@ pub(super) struct Answer {
 /// A saga can have an earlier job of the same sale: one a person answered
 /// "not printed", after which the step queued a new one. A report for that
 /// earlier job can still come (the agent's own, late, or the broker's
-/// redelivery), and the consumer hands every report to the job's saga. Taken
-/// as the answer for the current job it would park the saga, or fail it,
-/// while the current job may still print; so it is refused here and the step
-/// runs again, which finds its current job still queued and waits for it.
+/// redelivery). It is delivered as that job's [`event`], which the step does
+/// not wait for; but a saga that began waiting before events named their job
+/// gets it under the bare name. Taken as the answer for the current job it
+/// would park the saga, or fail it, while the current job may still print;
+/// so it is refused here and the step runs again, which finds its current job
+/// still queued and waits for it.
 pub(super) fn answer<S: Send + Sync + 'static>(
     cx: &StepCx<'_, S>,
     current: Option<&str>,
