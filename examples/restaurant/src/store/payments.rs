@@ -1,5 +1,6 @@
 //! The `app_payments` table.
 
+use super::events;
 use super::{Get, json_col};
 use crate::db::{AsConn, Conn, Db, on_db, on_tx};
 use crate::domain::{FiscalDocument, PaymentMethod, PaymentStatus, ReceiptLine, now_ms};
@@ -208,19 +209,15 @@ provider_ref = COALESCE($4, provider_ref), receipt = COALESCE($5, receipt), upda
 WHERE id = $1";
 
 /// [`SET_STATUS`] and the payment's event (`$7` restaurant, `$8` kind, `$9`
-/// data, at `$6`) in one statement, so the pair costs one round trip. SQLite
-/// runs a multi-statement query.
-static SET_STATUS_AND_EVENT: std::sync::LazyLock<String> =
-    std::sync::LazyLock::new(|| format!("{SET_STATUS}; {INSERT_EVENT}"));
-
-/// The same for PostgreSQL, which prepares one statement at a time: the
-/// update rides in a data-modifying `WITH` of the insert, which PostgreSQL
-/// runs once whether or not the insert reads it.
-static SET_STATUS_AND_EVENT_PG: std::sync::LazyLock<String> =
-    std::sync::LazyLock::new(|| format!("WITH changed AS ({SET_STATUS}) {INSERT_EVENT}"));
-
-const INSERT_EVENT: &str =
-    "INSERT INTO app_events (restaurant_id, kind, subject, data, at) VALUES ($7, $8, $1, $9, $6)";
+/// data, at `$6`) as one multi-statement query, for SQLite: one round trip
+/// to the connection's thread instead of two. PostgreSQL prepares one
+/// statement at a time, so it runs the two apart.
+static SET_STATUS_AND_EVENT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "{SET_STATUS}; INSERT INTO app_events (restaurant_id, kind, subject, data, at) \
+         VALUES ($7, $8, $1, $9, $6)"
+    )
+});
 
 /// Binds [`SET_STATUS`]'s `$1` – `$6` on either backend's query.
 macro_rules! bind_status {
@@ -261,25 +258,25 @@ pub(crate) async fn set_status_with_event(
     data: &serde_json::Value,
 ) -> Result<(), sqlx::Error> {
     let kind = format!("payment.{}", status.as_str());
-    let receipt = encode_receipt(&change)?;
-    let data = data.to_string();
-    macro_rules! bound {
-        ($sql:expr) => {
-            bind_status!(sqlx::query($sql), id, status, change, &receipt)
+    match tx.conn()? {
+        Conn::Postgres(c) => {
+            let mut c = Conn::Postgres(c);
+            set_status(&mut c, id, status, change).await?;
+            events::append(&mut c, restaurant, &kind, id, data)
+                .await
+                .map(drop)
+        }
+        Conn::Sqlite(c) => {
+            let receipt = encode_receipt(&change)?;
+            let q = sqlx::query(SET_STATUS_AND_EVENT.as_str());
+            bind_status!(q, id, status, change, &receipt)
                 .bind(restaurant)
                 .bind(&kind)
-                .bind(&data)
-        };
-    }
-    match tx.conn()? {
-        Conn::Postgres(c) => bound!(SET_STATUS_AND_EVENT_PG.as_str())
-            .execute(c)
-            .await
-            .map(drop),
-        Conn::Sqlite(c) => bound!(SET_STATUS_AND_EVENT.as_str())
-            .execute(c)
-            .await
-            .map(drop),
+                .bind(data.to_string())
+                .execute(c)
+                .await
+                .map(drop)
+        }
     }
 }
 
