@@ -496,6 +496,35 @@ async fn an_operator_answers_unknown_receipts_and_the_payments_resume() {
     let s = embedded("unknown", &[]);
     let (id, number) = pay_into_an_unknown(&s, "unk-1", 1700).await;
     let job = format!("{id}/receipt");
+    // A retry of the saga without an answer for the job prints nothing:
+    // the step finds the job's outcome unknown and the saga parks again.
+    let (_, p) = s.get(KEY1, &format!("/v1/payments/{id}")).await;
+    let saga = p["saga_id"].as_str().unwrap().to_owned();
+    let inspect = format!("/v1/operator/sagas/{saga}");
+    let logged = |d: &Value| d["log"].as_array().map_or(0, Vec::len);
+    let before = logged(&s.get(OPERATOR, &inspect).await.1);
+    let documents = s.journal("demo-1-p1").await.len();
+    let retry = format!("/v1/operator/sagas/{saga}/retry");
+    let (status, body) = s.post(OPERATOR, &retry, &json!({}), &[]).await;
+    assert_eq!(status, 202, "{body}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, d) = s.get(OPERATOR, &inspect).await;
+        if logged(&d) > before && d["saga"]["status"] == "parked" {
+            assert!(
+                d["saga"]["reason"].as_str().unwrap().contains("unknown"),
+                "{d}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never parked again: {d}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let journal = s.journal("demo-1-p1").await;
+    assert_eq!(journal.len(), documents, "{journal:?}");
     // Listed for operators only.
     assert_eq!(s.get(KEY1, "/v1/operator/print-jobs/unknown").await.0, 403);
     let (status, list) = s.get(OPERATOR, "/v1/operator/print-jobs/unknown").await;

@@ -64,7 +64,13 @@ pub(super) enum Previous {
 }
 
 /// Looks the earlier attempt's job up, so a step that runs again never
-/// queues a second document while the first may still print.
+/// queues a second document while the first may still print, or may have.
+///
+/// # Errors
+/// In doubt when nobody can tell whether the earlier job printed: a new
+/// document could print the sale twice. The step reconciles to unknown and
+/// the saga parks until someone answers for the job (an operator's `retry`
+/// of the saga alone prints nothing).
 pub(super) async fn previous(deps: &Deps, key: Option<&str>) -> Result<Previous, StepError> {
     let Some(key) = key else {
         return Ok(Previous::None);
@@ -74,7 +80,12 @@ pub(super) async fn previous(deps: &Deps, key: Option<&str>) -> Result<Previous,
         Some(job) => match job.outcome {
             None => Previous::Queued(key.to_owned()),
             Some(PrintOutcome::Printed { document }) => Previous::Printed(document),
-            Some(_) => Previous::None,
+            Some(PrintOutcome::NotPrinted { .. }) => Previous::None,
+            Some(PrintOutcome::Unknown { detail }) => {
+                return Err(StepError::in_doubt(format!(
+                    "print outcome unknown: {detail} (answer for job {key})"
+                )));
+            }
         },
     })
 }
