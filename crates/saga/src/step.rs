@@ -104,6 +104,12 @@ impl StepOutcome {
 #[non_exhaustive]
 pub enum StepError {
     /// A transient failure: try again after the policy's backoff, spending an attempt.
+    ///
+    /// Until the step runs again the saga waits for no event: a delivery in between is
+    /// [`Delivery::NotWaiting`](crate::Delivery::NotWaiting). A step woken by an event it
+    /// cannot use (an answer to an earlier request, say) should return
+    /// [`StepOutcome::wait`] again rather than retry, or name its request in the event so
+    /// that such an answer never wakes it.
     Retry(BoxError),
     /// The effect did not happen and never will: compensate (before the pivot) or park
     /// (after it).
