@@ -27,9 +27,14 @@ pub(super) fn event(outcome: &PrintOutcome, key: Option<&str>) -> String {
         PrintOutcome::Unknown { .. } => "receipt.unknown",
     };
     match key {
-        Some(key) => format!("{name}#{key}"),
+        Some(key) => named(name, key),
         None => name.to_owned(),
     }
+}
+
+/// `name` for job `key`: what a step waits for and a report is delivered as.
+fn named(name: &str, key: &str) -> String {
+    format!("{name}#{key}")
 }
 
 /// The sale key of a document: `{id}/receipt` on the first attempt, then
@@ -112,7 +117,7 @@ pub(super) async fn request<S: Send + Sync + 'static>(
     // The agent's device actor prints one document at a time in the order
     // jobs reach it: the printer is handed to the next receipt as soon as
     // this one is queued, not after it printed.
-    let events = EVENTS.map(|e| format!("{e}#{}", job.key));
+    let events = EVENTS.map(|e| named(e, &job.key));
     Ok(StepOutcome::wait(events, deps.fiscal_deadline).releasing_resource())
 }
 
@@ -210,6 +215,7 @@ mod tests {
 
     #[test]
     fn each_report_is_an_event_the_step_waits_for_and_names_its_job() {
+        // What `request` waits for, spelled out.
         let waited = super::EVENTS.map(|e| format!("{e}#p/receipt.2"));
         let printed = PrintOutcome::Printed {
             document: FiscalDocument {

@@ -47,7 +47,7 @@ impl Jobs {
     async fn record(
         &self,
         msg: &IncomingMessage,
-        body: &JobMessage,
+        body: JobMessage,
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         let mut tx = self.db.begin().await?;
         let first = match (&self.inbox, &mut tx) {
@@ -63,9 +63,7 @@ impl Jobs {
             // again for it. A full channel (or a closed one, while stopping)
             // loses nothing: the job is recorded, and the intake's next scan
             // finds it.
-            let _ = self
-                .received
-                .try_send((body.saga_id.clone(), body.job.clone()));
+            let _ = self.received.try_send((body.saga_id, body.job));
         }
         Ok(())
     }
@@ -75,6 +73,6 @@ impl Jobs {
 impl Handler for Jobs {
     async fn handle(&self, msg: &IncomingMessage) -> Result<(), HandlerError> {
         let body: JobMessage = msg.json().map_err(HandlerError::reject)?;
-        self.record(msg, &body).await.map_err(HandlerError::Retry)
+        self.record(msg, body).await.map_err(HandlerError::Retry)
     }
 }
