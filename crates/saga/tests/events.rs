@@ -1,5 +1,6 @@
-//! Event names: what a step may wait for, and a request named in its event so
-//! that a late answer to an earlier request changes nothing.
+//! Event names: what a step may wait for, a request named in its event so
+//! that a late answer to an earlier request changes nothing, and what a
+//! step that retries after an event waits for meanwhile (nothing).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::time::Duration;
@@ -9,7 +10,8 @@ use counterfoil_saga::{
     async_trait,
 };
 
-/// Waits for `events`, then records the event that woke it in the state.
+/// Waits for `events`, then records the event that woke it in the state;
+/// woken by `stale`, it retries instead.
 struct Await(Vec<String>);
 
 #[async_trait]
@@ -22,6 +24,9 @@ impl Step<Option<String>> for Await {
     }
     async fn run(&self, cx: &mut StepCx<'_, Option<String>>) -> Result<StepOutcome, StepError> {
         let woke = cx.event::<()>()?.map(|(name, ())| name.to_owned());
+        if woke.as_deref() == Some("stale") {
+            return Err(StepError::retry("not the answer it waits for"));
+        }
         if let Some(name) = woke {
             *cx.state_mut() = Some(name);
             return Ok(StepOutcome::Done);
@@ -93,4 +98,34 @@ async fn a_step_waiting_for_a_name_with_a_comma_is_parked() {
         "{reason}"
     );
     assert!(rec.wait_events.is_empty(), "{:?}", rec.wait_events);
+}
+
+/// What `StepError::Retry` says: until the step runs again the saga waits for
+/// nothing, so an answer delivered during the backoff is not taken; the step
+/// waits again when it runs, and the next delivery wakes it.
+#[tokio::test]
+async fn a_step_that_retries_after_an_event_waits_for_nothing_until_it_runs_again() {
+    let (h, def) = harness(&["go", "stale"]).await;
+    let id = h.start(&def, "k", &None).await.unwrap();
+    h.run_until_idle().await.unwrap();
+    let d = h.engine().deliver(id, "stale", &()).await.unwrap();
+    assert_eq!(d, Delivery::Accepted);
+    h.run_until_idle().await.unwrap();
+    let rec = h.engine().get(id).await.unwrap();
+    assert_eq!(rec.status, Status::Running, "in its backoff");
+    assert!(rec.wait_events.is_empty(), "{:?}", rec.wait_events);
+    let d = h.engine().deliver(id, "go", &()).await.unwrap();
+    assert_eq!(d, Delivery::NotWaiting);
+    h.advance(Duration::from_secs(3600));
+    h.run_until_idle().await.unwrap();
+    assert_eq!(h.status(id).await.unwrap(), Status::Waiting);
+    let d = h.engine().deliver(id, "go", &()).await.unwrap();
+    assert_eq!(d, Delivery::Accepted);
+    h.run_until_idle().await.unwrap();
+    let rec = h.engine().get(id).await.unwrap();
+    assert_eq!(rec.status, Status::Completed);
+    assert_eq!(
+        rec.state::<Option<String>>().unwrap().as_deref(),
+        Some("go")
+    );
 }
