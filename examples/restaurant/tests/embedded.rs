@@ -507,22 +507,15 @@ async fn an_operator_answers_unknown_receipts_and_the_payments_resume() {
     let retry = format!("/v1/operator/sagas/{saga}/retry");
     let (status, body) = s.post(OPERATOR, &retry, &json!({}), &[]).await;
     assert_eq!(status, 202, "{body}");
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let (_, d) = s.get(OPERATOR, &inspect).await;
-        if logged(&d) > before && d["saga"]["status"] == "parked" {
-            assert!(
-                d["saga"]["reason"].as_str().unwrap().contains("unknown"),
-                "{d}"
-            );
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never parked again: {d}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let d = s
+        .wait_for(OPERATOR, &inspect, 30, |d| {
+            logged(d) > before && d["saga"]["status"] == "parked"
+        })
+        .await;
+    assert!(
+        d["saga"]["reason"].as_str().unwrap().contains("unknown"),
+        "{d}"
+    );
     let journal = s.journal("demo-1-p1").await;
     assert_eq!(journal.len(), documents, "{journal:?}");
     // Listed for operators only.

@@ -213,17 +213,27 @@ impl Server {
         secs: u64,
         pred: impl Fn(&Value) -> bool,
     ) -> Value {
+        self.wait_for(key, &format!("/v1/payments/{id}"), secs, pred)
+            .await
+    }
+
+    /// Polls `GET path` until it answers 200 with a body `pred` holds for
+    /// (at most `secs`).
+    pub(crate) async fn wait_for(
+        &self,
+        key: &str,
+        path: &str,
+        secs: u64,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
         let deadline = Instant::now() + Duration::from_secs(secs);
         loop {
-            let (status, p) = self.get(key, &format!("/v1/payments/{id}")).await;
-            assert_eq!(status, 200, "{p}");
-            if pred(&p) {
-                return p;
+            let (status, body) = self.get(key, path).await;
+            assert_eq!(status, 200, "{body}");
+            if pred(&body) {
+                return body;
             }
-            assert!(
-                Instant::now() < deadline,
-                "payment {id} never got there: {p}"
-            );
+            assert!(Instant::now() < deadline, "{path} never got there: {body}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
