@@ -1227,3 +1227,54 @@ async fn paper_out_pauses_the_receipt_until_refilled() {
     assert_eq!(p["receipt"]["amount"], 1300);
     assert_eq!(journal_count(&s.journal("demo-1-p2").await, &id), 1);
 }
+
+/// A saga that began waiting under a version whose print steps waited for
+/// the bare event names (`receipt.printed`, ...) still gets its receipt:
+/// the results consumer delivers the job's named event and, when the saga
+/// is not waiting for it, the bare one.
+#[tokio::test]
+async fn a_saga_waiting_for_bare_event_names_still_gets_its_receipt() {
+    use sqlx::Connection as _;
+    let s = embedded("barewait", &[]);
+    s.printer_faults("demo-1-p1", &json!({ "offline": true }))
+        .await;
+    let (status, p) = s
+        .post(
+            KEY1,
+            "/v1/payments",
+            &order("demo-1", "demo-1-p1", 1100),
+            &[("idempotency-key", "bare-1"), ("prefer", "wait=1")],
+        )
+        .await;
+    assert_eq!(status, 202, "{p}");
+    let id = p["id"].as_str().unwrap().to_owned();
+    s.wait_for(KEY1, "/v1/printers/demo-1-p1", 20, |pr| pr["queued"] == 1)
+        .await;
+    // The saga waits for its job's named events; make it wait as the
+    // older version did.
+    let url = format!("sqlite://{}/restaurant.sqlite", s.dir.display());
+    let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    let waits: Vec<(String,)> =
+        sqlx::query_as("SELECT wait_events FROM saga_instances WHERE status = 'waiting'")
+            .fetch_all(&mut db)
+            .await
+            .unwrap();
+    assert_eq!(waits.len(), 1, "{waits:?}");
+    assert!(waits[0].0.contains("receipt.printed#"), "{waits:?}");
+    let changed = sqlx::query(
+        "UPDATE saga_instances SET wait_events = ',receipt.printed,receipt.not_printed,receipt.unknown,' \
+         WHERE status = 'waiting'",
+    )
+    .execute(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(changed.rows_affected(), 1);
+    db.close().await.unwrap();
+    s.printer_faults("demo-1-p1", &json!({ "offline": false }))
+        .await;
+    let p = s
+        .wait_payment(KEY1, &id, 30, |p| p["status"] == "fiscalized")
+        .await;
+    assert_eq!(p["receipt"]["amount"], 1100);
+    assert_eq!(journal_count(&s.journal("demo-1-p1").await, &id), 1);
+}
