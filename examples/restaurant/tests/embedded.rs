@@ -246,21 +246,26 @@ async fn duplicate_requests_charge_and_print_once() {
     assert_eq!(journal_count(&s.journal("demo-1-p1").await, &id), 1);
 }
 
-#[tokio::test]
-async fn printer_offline_delays_the_receipt_and_prints_it_once() {
-    let s = embedded("offline", &[]);
-    s.printer_faults("demo-1-p1", &json!({ "offline": true }))
-        .await;
+/// Takes `printer` offline and pays `amount` of restaurant demo-1 on it:
+/// the payment is accepted and its receipt waits for the printer. Its id.
+async fn pay_while_offline(s: &Server, printer: &str, idem: &str, amount: i64) -> String {
+    s.printer_faults(printer, &json!({ "offline": true })).await;
     let (status, p) = s
         .post(
             KEY1,
             "/v1/payments",
-            &order("demo-1", "demo-1-p1", 1500),
-            &[("idempotency-key", "off-1"), ("prefer", "wait=1")],
+            &order("demo-1", printer, amount),
+            &[("idempotency-key", idem), ("prefer", "wait=1")],
         )
         .await;
     assert_eq!(status, 202, "{p}");
-    let id = p["id"].as_str().unwrap().to_owned();
+    p["id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn printer_offline_delays_the_receipt_and_prints_it_once() {
+    let s = embedded("offline", &[]);
+    let id = pay_while_offline(&s, "demo-1-p1", "off-1", 1500).await;
     s.wait_payment(KEY1, &id, 20, |p| p["status"] == "fiscalizing")
         .await;
     // The printer shows as offline, its breaker open, the job queued.
@@ -1236,18 +1241,7 @@ async fn paper_out_pauses_the_receipt_until_refilled() {
 async fn a_saga_waiting_for_bare_event_names_still_gets_its_receipt() {
     use sqlx::Connection as _;
     let s = embedded("barewait", &[]);
-    s.printer_faults("demo-1-p1", &json!({ "offline": true }))
-        .await;
-    let (status, p) = s
-        .post(
-            KEY1,
-            "/v1/payments",
-            &order("demo-1", "demo-1-p1", 1100),
-            &[("idempotency-key", "bare-1"), ("prefer", "wait=1")],
-        )
-        .await;
-    assert_eq!(status, 202, "{p}");
-    let id = p["id"].as_str().unwrap().to_owned();
+    let id = pay_while_offline(&s, "demo-1-p1", "bare-1", 1100).await;
     s.wait_for(KEY1, "/v1/printers/demo-1-p1", 20, |pr| pr["queued"] == 1)
         .await;
     // The saga waits for its job's named events; make it wait as the
